@@ -1,0 +1,1 @@
+"""Podium command line: `podium train|models|serve|rollout`."""

@@ -1,0 +1,185 @@
+"""The ``podium`` command: train models into the store, list versions, serve, roll out.
+
+Heavy imports (torch, bentoml) happen inside each command, after the store location is set,
+so ``podium --help`` is instant and BENTOML_HOME is honoured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from models.catalog import MODEL_NAMES, PROFILES, UnknownModel, get_spec
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
+    return value
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH",
+                   help="BentoML home holding the model store (default: $BENTOML_HOME or ~/bentoml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podium", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train, export, prove parity and register new versions")
+    t.add_argument("names", nargs="*", metavar="NAME", help=f"models: {', '.join(MODEL_NAMES)}")
+    t.add_argument("--all", action="store_true", help="every model in the catalog")
+    t.add_argument("--missing", action="store_true",
+                   help="only the models that have no version in the store yet")
+    t.add_argument("--profile", choices=PROFILES, default="quick",
+                   help="training recipe (default: quick)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float, help="learning rate")
+    t.add_argument("--max-steps", type=_positive_int, help="optimiser steps per epoch at most")
+    t.add_argument("--train-subset", type=_positive_int,
+                   help="train on this many examples (characters for char-rnn)")
+    t.add_argument("--test-subset", type=_positive_int,
+                   help="evaluate and prove parity on the first N held-out examples only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--parity-tolerance", type=_positive_float, default=1e-4,
+                   help="largest |Δ| allowed between exported and eager outputs (default: 1e-4)")
+    t.add_argument("--data", metavar="PATH", help="data location instead of the packaged data")
+    t.add_argument("--data-source", choices=("package", "torchvision", "folder"), default="package",
+                   help="MNIST layout of --data: torchvision root or a folder of IDX files")
+    t.add_argument("--runs-dir", default="runs", help="checkpoints, plots and exports (default: runs)")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.pt")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_store(t)
+
+    m = sub.add_parser("models", help="list stored versions")
+    m.add_argument("names", nargs="*", metavar="NAME")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_store(m)
+
+    s = sub.add_parser("serve", help="serve the stored models over HTTP (bentoml serve)")
+    s.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    s.add_argument("--port", type=_positive_int, help="port (default from config: 3000)")
+    s.add_argument("--workers", type=_positive_int, help="worker processes")
+    _add_store(s)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.register import use_store
+
+    if args.all and args.names:
+        raise CliError("give model names or --all, not both")
+    names = list(MODEL_NAMES) if (args.all or (args.missing and not args.names)) else args.names
+    if not names:
+        raise CliError("name at least one model, or use --all")
+    for name in names:
+        get_spec(name)  # unknown names fail before any work starts
+        get_spec(name).recipe(args.profile)
+    if args.resume and len(names) != 1:
+        raise CliError("--resume continues one run: name exactly one model")
+    home = use_store(args.store)
+    from models.artifacts import list_versions
+
+    if args.missing:
+        names = [n for n in names if not list_versions(n)]
+        if not names:
+            print(f"every model already has a version in {home}; nothing to train")
+            return 0
+    from training.train import RunConfig, train
+
+    for name in names:
+        cfg = RunConfig(name=name, profile=args.profile, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
+                        train_subset=args.train_subset, test_subset=args.test_subset,
+                        seed=args.seed, data=args.data, data_source=args.data_source,
+                        runs_dir=args.runs_dir, resume=args.resume,
+                        parity_tolerance=args.parity_tolerance)
+        result = train(cfg, progress=not args.no_progress)
+        headline = get_spec(name).headline_metric
+        print(f"registered {result.tag}  {headline}={result.metrics[headline]:.4f}  "
+              f"parity max|Δ| onnx={result.parity['onnxruntime']['max_abs_diff']:.2e}  "
+              f"({result.seconds:.1f}s, run {result.run_dir})", flush=True)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from training.register import use_store
+
+    for name in args.names:
+        get_spec(name)
+    home = use_store(args.store)
+    from models.artifacts import list_versions
+
+    rows: list[dict[str, Any]] = []
+    for name in args.names or MODEL_NAMES:
+        for v in list_versions(name):
+            head = v.metadata.get("headline", {})
+            rows.append({"name": v.name, "version": v.version, "created": v.creation_time,
+                         "profile": v.metadata.get("profile"), "metric": head.get("name"),
+                         "value": head.get("value")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no Podium models in {home}; run `podium train --all`")
+        return 0
+    print(f"{'NAME':<16} {'VERSION':<18} {'CREATED (UTC)':<20} {'PROFILE':<8} HEADLINE")
+    for r in rows:
+        value = f"{r['metric']}={r['value']:.4f}" if isinstance(r["value"], float) else ""
+        print(f"{r['name']:<16} {r['version']:<18} {r['created'][:19]:<20} "
+              f"{r['profile'] or '':<8} {value}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from training.register import use_store
+
+    use_store(args.store)
+    from services.launch import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers)
+
+
+COMMANDS = {"train": _train, "models": _models, "serve": _serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("podium: interrupted; nothing was registered for the unfinished run", file=sys.stderr)
+        return 130
+    except (CliError, UnknownModel, KeyError, ValueError, OSError, RuntimeError) as exc:
+        # DataError, StoreError and ParityError are RuntimeErrors with readable messages.
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"podium: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

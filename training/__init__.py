@@ -1,0 +1,1 @@
+"""How a model version is made: data → train → evaluate → export → parity → register."""
