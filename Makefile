@@ -46,3 +46,6 @@ lint: venv
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Area-specific targets (benchmarks, load tests, containers) live beside this file in mk/.
+-include mk/*.mk

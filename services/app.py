@@ -1,0 +1,276 @@
+"""The friendly HTTP API (``/v1``): per-model endpoints for rows, images, tensors and text.
+
+Handlers take the raw request and decode at the edge (``services.codecs``) — faster than
+per-field model validation on hot paths, with the same clear 4xx on bad input. FastAPI is used
+for routing and so that BentoML's OpenAPI page (``/docs.json``, the index page) lists these
+routes with their documented bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services import codecs, textgen
+from services.dataplane import PLANE
+from services.errors import InvalidInput, UnsupportedMediaType
+from services.http import Timer, error_response, media_type, parse_json, read_body, versioned
+
+NPY_TYPES = {"application/x-npy", "application/npy", "application/octet-stream"}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _top_k(payload: dict[str, Any] | None, request: Request) -> int:
+    raw = (payload or {}).get("top_k", request.query_params.get("top_k"))
+    if raw is None:
+        return PLANE.config.top_k_default
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput("top_k must be an integer from 1 to 10", field="top_k") from None
+    if isinstance(raw, bool) or not 1 <= k <= 10:
+        raise InvalidInput("top_k must be an integer from 1 to 10", field="top_k")
+    return k
+
+
+async def _decode_images(request: Request, body: bytes) -> tuple[np.ndarray, dict[str, Any] | None]:
+    cfg = PLANE.config
+    kind = media_type(request)
+    if kind == "application/json":
+        payload = parse_json(body)
+        if not isinstance(payload, dict):
+            raise InvalidInput("expected a JSON object with 'instances'", field="body")
+        key = "instances" if "instances" in payload else "inputs"
+        if key not in payload:
+            raise InvalidInput("missing 'instances': a [N,1,28,28], [N,28,28] or [N,784] tensor",
+                               field="instances")
+        return codecs.decode_json_images(payload[key], cfg.max_items_per_request, key), payload
+    if kind in NPY_TYPES:
+        return codecs.decode_npy(body, cfg.max_items_per_request), None
+    if kind.startswith("image/"):
+        return codecs.decode_images([("body", body)], 1, cfg.max_image_pixels), None
+    if kind == "multipart/form-data":
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(
+            max_files=cfg.max_items_per_request + 1, max_fields=64)
+        files = [(f"{key}[{value.filename}]" if value.filename else key, await value.read())
+                 for key, value in form.multi_items() if hasattr(value, "read")]
+        return codecs.decode_images(files, cfg.max_items_per_request, cfg.max_image_pixels), \
+            {"top_k": form.get("top_k")} if form.get("top_k") else None
+    raise UnsupportedMediaType(
+        f"content type {kind or '(none)'!r} is not accepted; send application/json, "
+        f"application/x-npy, image/* or multipart/form-data", field="Content-Type")
+
+
+async def predict(request: Request, name: str, version: str | None = None) -> Response:
+    timer = Timer(PLANE.metrics, "predict", name)
+    try:
+        loaded = PLANE.select(name, version, request.headers)
+        timer.version = loaded.version
+        spec = loaded.spec
+        if spec.kind == "text":
+            raise InvalidInput(f"{name} generates text: POST /v1/models/{name}/generate or /next",
+                               field="path")
+        body = await read_body(request, PLANE.config.max_request_bytes)
+        if spec.kind == "tabular":
+            if media_type(request) != "application/json":
+                raise UnsupportedMediaType("send application/json with 'rows'",
+                                           field="Content-Type")
+            payload = parse_json(body)
+            if not isinstance(payload, dict) or "rows" not in payload:
+                raise InvalidInput("expected a JSON object with 'rows'", field="rows")
+            rows = codecs.decode_rows(payload["rows"], PLANE.config.max_items_per_request)
+            (prob,) = await loaded.infer({"features": rows})
+            prob = prob.reshape(-1)
+            predictions = [{"probability": float(p), "label": spec.labels[int(p >= 0.5)]}
+                           for p in prob]
+        else:
+            images, payload = await _decode_images(request, body)
+            k = _top_k(payload, request)
+            (logits,) = await loaded.infer({"image": images})
+            probs = _softmax(logits)
+            order = np.argsort(-probs, axis=1)[:, :k]
+            predictions = [
+                {"digit": int(row[0]), "label": spec.labels[row[0]], "probability": float(p[row[0]]),
+                 "top_k": [{"label": spec.labels[j], "probability": float(p[j])} for j in row]}
+                for row, p in zip(order, probs, strict=True)]
+        timer.done(200)
+        return versioned({"model": name, "version": loaded.version, "predictions": predictions},
+                         name, loaded.version)
+    except Exception as exc:  # mapped to one status in services.http
+        response = error_response(exc)
+        timer.done(response.status_code)
+        return response
+
+
+def _text_field(payload: dict[str, Any], key: str, default: Any, kind: type, low: float,
+                high: float, inclusive_low: bool = True) -> Any:
+    value = payload.get(key, default)
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        raise InvalidInput(f"{key} must be {'an integer' if kind is int else 'a number'}", field=key)
+    if not (low <= value <= high if inclusive_low else low < value <= high):
+        bracket = "[" if inclusive_low else "("
+        raise InvalidInput(f"{key}={value} is out of range {bracket}{low}, {high}]", field=key)
+    return kind(value)
+
+
+async def _text_request(request: Request, name: str, version: str | None, endpoint: str) -> Response:
+    timer = Timer(PLANE.metrics, endpoint, name)
+    try:
+        loaded = PLANE.select(name, version, request.headers)
+        timer.version = loaded.version
+        if loaded.spec.kind != "text":
+            raise InvalidInput(f"{name} is not a text model: POST /v1/models/{name}/predict",
+                               field="path")
+        cfg = PLANE.config
+        if media_type(request) != "application/json":
+            raise UnsupportedMediaType("send application/json", field="Content-Type")
+        payload = parse_json(await read_body(request, cfg.max_request_bytes))
+        if not isinstance(payload, dict):
+            raise InvalidInput("expected a JSON object with 'prompt'", field="body")
+        prompt = payload.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidInput("prompt must be a non-empty string", field="prompt")
+        if len(prompt) > cfg.max_prompt_chars:
+            raise InvalidInput(f"prompt has {len(prompt)} characters; the limit is "
+                               f"{cfg.max_prompt_chars}", field="prompt")
+        vocab = len(loaded.vocab) - 1
+        if endpoint == "generate":
+            n = _text_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars)
+            temperature = _text_field(payload, "temperature", 1.0, float, 0.0, 5.0,
+                                      inclusive_low=False)
+            top_k = _text_field(payload, "top_k", None, int, 1, vocab)
+            seed = _text_field(payload, "seed", None, int, 0, 2**63 - 1)
+            text, unknown = await textgen.generate(loaded, prompt, n, temperature, top_k, seed)
+            content = {"model": name, "version": loaded.version, "prompt": prompt, "text": text,
+                       "unknown_chars": unknown}
+        else:
+            top_k = _text_field(payload, "top_k", 5, int, 1, vocab)
+            dist, unknown = await textgen.next_distribution(loaded, prompt, top_k)
+            content = {"model": name, "version": loaded.version, "prompt": prompt,
+                       "next": [{"char": c, "probability": p} for c, p in dist],
+                       "unknown_chars": unknown}
+        timer.done(200)
+        return versioned(content, name, loaded.version)
+    except Exception as exc:
+        response = error_response(exc)
+        timer.done(response.status_code)
+        return response
+
+
+async def generate(request: Request, name: str, version: str | None = None) -> Response:
+    return await _text_request(request, name, version, "generate")
+
+
+async def next_chars(request: Request, name: str, version: str | None = None) -> Response:
+    return await _text_request(request, name, version, "next")
+
+
+async def list_models(request: Request) -> Response:
+    try:
+        return versioned_list(PLANE.repo().describe())
+    except Exception as exc:
+        return error_response(exc)
+
+
+def versioned_list(rows: list[dict[str, Any]]) -> Response:
+    from services.http import JSON
+
+    return JSON({"models": rows})
+
+
+async def model_info(request: Request, name: str) -> Response:
+    from services.http import JSON
+
+    try:
+        versions = PLANE.repo().model(name)
+        stable = PLANE.repo().stable[name]
+        loaded = versions[stable]
+        spec = loaded.spec
+        return JSON({"name": name, "stable": stable, "versions": list(versions),
+                     "kind": spec.kind, "description": spec.description,
+                     "signature": spec.signature(), "labels": list(spec.labels),
+                     "metrics": loaded.stored.metadata.get("headline"),
+                     "loaded": [v.describe() for v in versions.values()]})
+    except Exception as exc:
+        return error_response(exc)
+
+
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    from services.http import JSON
+
+    try:
+        PLANE.repo().get(name, version)
+        return JSON({"name": name, "ready": True})
+    except Exception as exc:
+        return error_response(exc)
+
+
+_JSON_IMAGES = {"instances": [[0.0] * 784], "top_k": 3}
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object"},
+                         "examples": {
+                             "mnist tensor": {"value": _JSON_IMAGES},
+                             "diabetes rows": {"value": {"rows": [
+                                 {"pregnancies": 6, "glucose": 148, "blood_pressure": 72,
+                                  "skin_thickness": 35, "insulin": 0, "bmi": 33.6,
+                                  "diabetes_pedigree": 0.627, "age": 50},
+                                 [1, 85, 66, 29, 0, 26.6, 0.351, 31]]}}}},
+    "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+_TEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object"},
+    "example": {"prompt": "And God said", "max_new_chars": 120, "temperature": 0.8,
+                "top_k": 10, "seed": 7}}}}}
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["Podium"])
+    for suffix in ("", "/versions/{version}"):
+        router.add_api_route(
+            f"/models/{{name}}{suffix}/predict", predict, methods=["POST"],
+            summary="Predict: diabetes rows, or MNIST images / JSON tensors / .npy batches",
+            description="diabetes: `{\"rows\": [...]}` (named fields or 8-number lists). MNIST "
+                        "models: JSON `{\"instances\": [N,1,28,28] | [N,28,28] | [N,784]}` (floats "
+                        "in [0,1] or 0–255 integers), an `.npy` body, one `image/*` body, or "
+                        "multipart images of any size. Optional `top_k` (1–10).",
+            openapi_extra=_PREDICT_BODY)
+        router.add_api_route(
+            f"/models/{{name}}{suffix}/generate", generate, methods=["POST"],
+            summary="char-rnn: generate text from a prompt",
+            description="`prompt`, `max_new_chars`, `temperature` in (0, 5], `top_k`, `seed` "
+                        "(the same seed gives the same text).", openapi_extra=_TEXT_BODY)
+        router.add_api_route(
+            f"/models/{{name}}{suffix}/next", next_chars, methods=["POST"],
+            summary="char-rnn: the next-character distribution after a prompt",
+            openapi_extra=_TEXT_BODY)
+        router.add_api_route(f"/models/{{name}}{suffix}/ready", model_ready, methods=["GET"],
+                             summary="Per-model readiness (200 ready, 404 unknown, 503 loading)")
+    router.add_api_route("/models", list_models, methods=["GET"], summary="Loaded models and versions")
+    router.add_api_route("/models/{name}", model_info, methods=["GET"],
+                         summary="A model's signature, labels, versions and headline metric")
+    return router
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(build_router())
+    return app

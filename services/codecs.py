@@ -1,0 +1,227 @@
+"""Decoding and validation at the edge: request bodies → checked NumPy arrays, or a clear 4xx.
+
+- tabular rows (named fields or 8-number lists);
+- MNIST tensors from JSON (``[N,1,28,28]``, ``[N,28,28]`` or ``[N,784]``; floats in [0, 1] or
+  0–255 integers) and from ``.npy`` bodies;
+- images of any format, size and mode, turned into MNIST-looking digits: grayscale, a dark digit
+  on a light background inverted, cropped to the digit, scaled to fit 20×20 and centred by its
+  centre of mass in 28×28 — the way the MNIST set itself was made.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.catalog import DIABETES_FEATURES
+from services.errors import InvalidInput, PayloadTooLarge
+
+IMAGE_SIDE = 28
+DIGIT_BOX = 20
+
+
+# ------------------------------------------------------------------------------------ tabular
+
+def decode_rows(rows: Any, max_items: int) -> np.ndarray:
+    """``rows``: a list of {feature: number} objects or of 8-number lists → float32 [N, 8]."""
+    if not isinstance(rows, list):
+        raise InvalidInput("'rows' must be a list of rows", field="rows")
+    if not rows:
+        raise InvalidInput("empty batch: 'rows' has no rows", field="rows")
+    if len(rows) > max_items:
+        raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {max_items}",
+                              field="rows")
+    out = np.empty((len(rows), len(DIABETES_FEATURES)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            missing = [f for f in DIABETES_FEATURES if f not in row]
+            extra = [k for k in row if k not in DIABETES_FEATURES]
+            if missing or extra:
+                problem = f"missing {missing}" if missing else f"unknown {extra}"
+                raise InvalidInput(f"row {i}: {problem}; the fields are {list(DIABETES_FEATURES)}",
+                                   field=f"rows[{i}]")
+            values: Sequence[Any] = [row[f] for f in DIABETES_FEATURES]
+        elif isinstance(row, list):
+            if len(row) != len(DIABETES_FEATURES):
+                raise InvalidInput(f"row {i} has {len(row)} values; expected "
+                                   f"{len(DIABETES_FEATURES)}: {list(DIABETES_FEATURES)}",
+                                   field=f"rows[{i}]")
+            values = row
+        else:
+            raise InvalidInput(f"row {i} must be an object of named features or a list of 8 "
+                               f"numbers", field=f"rows[{i}]")
+        for j, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"row {i}: {DIABETES_FEATURES[j]} must be a number, got "
+                                   f"{type(value).__name__}", field=f"rows[{i}].{DIABETES_FEATURES[j]}")
+            if not math.isfinite(value):
+                raise InvalidInput(f"row {i}: {DIABETES_FEATURES[j]} is not finite",
+                                   field=f"rows[{i}].{DIABETES_FEATURES[j]}")
+            out[i, j] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------ tensors
+
+def _as_mnist_batch(array: np.ndarray, field: str, max_items: int) -> np.ndarray:
+    if array.ndim == 4 and array.shape[1:] == (1, IMAGE_SIDE, IMAGE_SIDE):
+        batch = array
+    elif array.ndim == 3 and array.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE):
+        batch = array[:, None]
+    elif array.ndim == 2 and array.shape[1] == IMAGE_SIDE * IMAGE_SIDE:
+        batch = array.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+    else:
+        raise InvalidInput(f"shape {list(array.shape)} is not a batch of MNIST images; send "
+                           f"[N,1,28,28], [N,28,28] or [N,784]", field=field)
+    if batch.shape[0] == 0:
+        raise InvalidInput("empty batch: no images", field=field)
+    if batch.shape[0] > max_items:
+        raise PayloadTooLarge(f"{batch.shape[0]} images in one request; the limit is {max_items}",
+                              field=field)
+    return batch
+
+
+def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
+    """uint8 / integer 0–255 → /255; floats must already be in [0, 1]. Returns float32."""
+    if batch.dtype == np.bool_ or batch.dtype.kind not in "uif":
+        raise InvalidInput(f"pixels must be numbers, got dtype {batch.dtype}", field=field)
+    if batch.dtype.kind in "ui":
+        if batch.size and (batch.min() < 0 or batch.max() > 255):
+            raise InvalidInput("integer pixels must be in 0–255", field=field)
+        return batch.astype(np.float32) * np.float32(1 / 255)
+    out = batch.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        raise InvalidInput("pixels contain NaN or infinity", field=field)
+    if out.size and (out.min() < 0.0 or out.max() > 1.0):
+        raise InvalidInput("float pixels must be in [0, 1]; send integers for 0–255", field=field)
+    return out
+
+
+def decode_json_images(value: Any, max_items: int, field: str = "instances") -> np.ndarray:
+    if not isinstance(value, list):
+        raise InvalidInput(f"'{field}' must be a nested list of pixels", field=field)
+    if not value:
+        raise InvalidInput("empty batch: no images", field=field)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidInput("ragged tensor: every image must have the same shape", field=field) \
+            from None
+    if array.dtype == object or array.dtype.kind not in "uifb":
+        raise InvalidInput("pixels must all be numbers, in nested lists of one shape", field=field)
+    return normalize_pixels(_as_mnist_batch(array, field, max_items), field)
+
+
+def decode_npy(body: bytes, max_items: int) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as exc:
+        raise InvalidInput(f"not a valid .npy array: {exc}", field="body") from None
+    except (OSError, EOFError) as exc:
+        raise InvalidInput(f"truncated or malformed .npy body: {exc}", field="body") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput("the body must hold one .npy array, not an archive", field="body")
+    return normalize_pixels(_as_mnist_batch(array, "body", max_items), "body")
+
+
+# ------------------------------------------------------------------------------------- images
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode an image fully, refusing non-images, truncated files and decompression bombs."""
+    if not data:
+        raise InvalidInput(f"{name}: empty file", field=name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(f"{name}: {width}×{height} = {width * height} pixels exceeds "
+                                      f"the {max_pixels}-pixel limit", field=name)
+            image.load()
+    except PayloadTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{name}: decompression bomb refused ({exc})", field=name) from None
+    except UnidentifiedImageError:
+        raise InvalidInput(f"{name}: not an image Pillow can read", field=name) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"{name}: truncated or corrupt image ({exc})", field=name) from None
+    return image
+
+
+def mnist_from_image(image: Image.Image) -> np.ndarray:
+    """Any image → float32 [1, 28, 28] in [0, 1], a light digit on black, MNIST-style."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3] / 255.0
+        # Composite onto white; a light digit on a transparent canvas leaves no contrast there,
+        # and then the alpha channel itself is the digit's shape.
+        gray = rgba[..., :3].mean(-1) * alpha + 255.0 * (1 - alpha)
+        if gray.max() - gray.min() < 32:
+            gray = 255.0 * (1 - alpha)
+    else:
+        gray = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32)
+    if _border_mean(gray) > 127:  # dark digit on a light background → invert, as MNIST is
+        gray = 255.0 - gray
+    gray = np.clip(gray - np.percentile(gray, 50) * 0.5, 0, 255)  # lift a grey background to black
+    mask = gray > 0.2 * gray.max() if gray.max() > 0 else np.zeros_like(gray, bool)
+    if not mask.any():
+        return np.zeros((1, IMAGE_SIDE, IMAGE_SIDE), np.float32)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    crop = gray[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    h, w = crop.shape
+    scale = DIGIT_BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
+                       dtype=np.float32)
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
+    top, left = (IMAGE_SIDE - size[1]) // 2, (IMAGE_SIDE - size[0]) // 2
+    canvas[top: top + size[1], left: left + size[0]] = digit
+    canvas = _center_of_mass_shift(canvas)
+    peak = canvas.max()
+    return (canvas / peak if peak > 0 else canvas)[None].astype(np.float32)
+
+
+def _border_mean(gray: np.ndarray) -> float:
+    return float(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).mean())
+
+
+def _center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
+    total = canvas.sum()
+    if total <= 0:
+        return canvas
+    ys, xs = np.indices(canvas.shape)
+    dy = int(round(IMAGE_SIDE / 2 - 0.5 - (ys * canvas).sum() / total))
+    dx = int(round(IMAGE_SIDE / 2 - 0.5 - (xs * canvas).sum() / total))
+    shifted = np.zeros_like(canvas)
+    src_y = slice(max(0, -dy), IMAGE_SIDE - max(0, dy))
+    dst_y = slice(max(0, dy), IMAGE_SIDE - max(0, -dy))
+    src_x = slice(max(0, -dx), IMAGE_SIDE - max(0, dx))
+    dst_x = slice(max(0, dx), IMAGE_SIDE - max(0, -dx))
+    shifted[dst_y, dst_x] = canvas[src_y, src_x]
+    return shifted
+
+
+def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: int) -> np.ndarray:
+    if not files:
+        raise InvalidInput("no image in the request", field="images")
+    if len(files) > max_items:
+        raise PayloadTooLarge(f"{len(files)} images in one request; the limit is {max_items}",
+                              field="images")
+    return np.stack([mnist_from_image(open_image(data, name, max_pixels)) for name, data in files])
+
+
+# --------------------------------------------------------------------------------------- text
+
+def encode_text(text: str, index: dict[str, int]) -> tuple[np.ndarray, list[str]]:
+    """Character ids (unknown characters → id 0) and the distinct unknown characters seen."""
+    ids = np.fromiter((index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+    unknown = sorted({c for c in text if c not in index})
+    return ids, unknown

@@ -1,0 +1,86 @@
+"""HTTP plumbing shared by the front doors: bounded body reading, JSON responses, and the one
+place where Podium errors become status codes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.errors import InvalidInput, PayloadTooLarge, PodiumError
+
+log = logging.getLogger("podium.http")
+
+MODEL_HEADER = "Podium-Model"
+VERSION_HEADER = "Podium-Model-Version"
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number", field="Content-Length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit "
+                                  f"(max_request_bytes)", field="body")
+        return await request.body()
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit "
+                                  f"(max_request_bytes)", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidInput("empty body: expected a JSON object", field="body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def error_response(exc: Exception) -> JSON:
+    if isinstance(exc, PodiumError):
+        return JSON(exc.body(), status_code=exc.status)
+    log.exception("internal error")
+    return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def versioned(content: dict[str, Any], name: str, version: str, status: int = 200) -> JSON:
+    return JSON(content, status_code=status, headers={MODEL_HEADER: name, VERSION_HEADER: version})
+
+
+class Timer:
+    """Records one request in the metrics: model, version, endpoint, status and latency."""
+
+    def __init__(self, metrics: Any, endpoint: str, model: str) -> None:
+        self.metrics, self.endpoint, self.model = metrics, endpoint, model
+        self.version = ""
+        self.started = time.perf_counter()
+
+    def done(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(self.model, self.version or "none", self.endpoint,
+                                         status, time.perf_counter() - self.started)

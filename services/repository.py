@@ -1,0 +1,182 @@
+"""The model repository: which versions are loaded, warm and ready, and which one answers.
+
+At start-up every configured model is loaded — the pinned version(s) from the configuration, or
+the newest in the store — its files verified against their recorded checksums, its runtime
+created and warmed up at batch 1 and at the maximum batch. Nothing loads lazily on a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.artifacts import CorruptVersion, StoredVersion, get_version
+from models.catalog import ModelSpec, get_spec
+from services.batcher import Batcher
+from services.config import ServeConfig
+from services.errors import Conflict, ModelNotFound, ModelNotReady
+from services.runtimes import Runtime, load_runtime
+
+log = logging.getLogger("podium.repository")
+
+# Batch axis of every input and output, by model kind.
+AXES: dict[str, tuple[dict[str, int], list[int]]] = {
+    "tabular": ({"features": 0}, [0]),
+    "image": ({"image": 0}, [0]),
+    "text": ({"tokens": 0, "state": 1}, [0, 1]),
+}
+
+
+@dataclass
+class LoadedVersion:
+    spec: ModelSpec
+    stored: StoredVersion
+    runtime: Runtime
+    batcher: Batcher
+    loaded_at: float = field(default_factory=time.time)
+    vocab: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.stored.version
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return self.stored.metadata.get("preprocessing", {}).get("architecture", {})
+
+    async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return await self.batcher.infer(feeds)
+
+    def describe(self) -> dict[str, Any]:
+        md = self.stored.metadata
+        return {"name": self.name, "version": self.version, "runtime": self.runtime.kind,
+                "device": self.runtime.device, "providers": self.runtime.providers,
+                "created": self.stored.creation_time, "headline": md.get("headline"),
+                "profile": md.get("profile"), "max_batch_size": self.batcher.max_batch_size}
+
+
+def warm_feeds(spec: ModelSpec, batch: int, loaded: LoadedVersion | None = None,
+               arch: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    if spec.kind == "tabular":
+        return {"features": np.zeros((batch, 8), np.float32)}
+    if spec.kind == "image":
+        return {"image": np.zeros((batch, 1, 28, 28), np.float32)}
+    arch = arch or {}
+    return {"tokens": np.ones((batch, 8), np.int64),
+            "state": np.zeros((arch["layers"], batch, arch["hidden"]), np.float32)}
+
+
+class Repository:
+    """Loaded versions per model and the serving (stable) version of each."""
+
+    def __init__(self, config: ServeConfig, metrics: Any = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.loaded: dict[str, dict[str, LoadedVersion]] = {}
+        self.stable: dict[str, str] = {}
+        self.ready = False
+        self._lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_all(self) -> None:
+        started = time.perf_counter()
+        for name in self.config.models:
+            versions = self.config.pinned(name) or [None]
+            for i, version in enumerate(versions):
+                loaded = self.load_version(name, version)
+                if i == 0:
+                    self.stable[name] = loaded.version
+        self.ready = True
+        log.info("ready: %d model(s), %d version(s) loaded and warm in %.2fs",
+                 len(self.stable), sum(len(v) for v in self.loaded.values()),
+                 time.perf_counter() - started)
+
+    def load_version(self, name: str, version: str | None = None) -> LoadedVersion:
+        """Load, verify and warm ``name:version`` (newest when None); idempotent."""
+        spec = get_spec(name)
+        stored = self._find(name, version)
+        with self._lock:
+            existing = self.loaded.get(name, {}).get(stored.version)
+        if existing is not None:
+            return existing
+        stored.verify()  # raises CorruptVersion: a broken version never starts serving
+        runtime = load_runtime(self.config.runtime, spec, stored, self.config.device,
+                               self.config.intra_op_threads)
+        input_axes, output_axes = AXES[spec.kind]
+        batcher = Batcher(name, stored.version, runtime.run, input_axes, output_axes,
+                          max_batch_size=self.config.max_batch(name),
+                          max_latency_s=self.config.max_latency_ms / 1000,
+                          max_queue_items=self.config.max_queue_items,
+                          wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
+                          metrics=self.metrics)
+        loaded = LoadedVersion(spec, stored, runtime, batcher)
+        if spec.kind == "text":
+            loaded.vocab = stored.vocabulary()
+            loaded.index = {c: i for i, c in enumerate(loaded.vocab)}
+        arch = loaded.architecture
+        for batch in sorted({1, self.config.max_batch(name)}):  # warm-up: first-request cost paid now
+            runtime.run(warm_feeds(spec, batch, arch=arch))
+        with self._lock:
+            self.loaded.setdefault(name, {})[stored.version] = loaded
+        log.info("loaded %s (%s)", stored.tag, runtime.kind)
+        return loaded
+
+    def _find(self, name: str, version: str | None) -> StoredVersion:
+        from bentoml.exceptions import BentoMLException, NotFound
+
+        try:
+            return get_version(name, version)
+        except NotFound:
+            what = f"version {version!r} of model {name!r}" if version else f"model {name!r}"
+            raise ModelNotFound(f"{what} is not in the model store; train it with "
+                                f"`podium train {name}`") from None
+        except BentoMLException as exc:
+            raise ModelNotFound(f"{name}:{version}: {exc}") from None
+
+    def unload(self, name: str, version: str) -> None:
+        with self._lock:
+            if self.stable.get(name) == version:
+                raise Conflict(f"{name}:{version} is the stable version; promote another first")
+            loaded = self.loaded.get(name, {}).pop(version, None)
+        if loaded is not None:
+            loaded.batcher.close()
+
+    # -- resolving ----------------------------------------------------------------------------
+    def model(self, name: str) -> dict[str, LoadedVersion]:
+        if not self.ready:
+            raise ModelNotReady("the server is still loading its models")
+        versions = self.loaded.get(name)
+        if not versions:
+            known = ", ".join(sorted(self.loaded)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here; served models: {known}")
+        return versions
+
+    def get(self, name: str, version: str | None = None) -> LoadedVersion:
+        versions = self.model(name)
+        if version is None:
+            return versions[self.stable[name]]
+        found = versions.get(version)
+        if found is None:
+            raise ModelNotFound(f"version {version!r} of model {name!r} is not loaded; loaded "
+                                f"versions: {', '.join(versions)}")
+        return found
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for name, versions in self.loaded.items():
+            for version, loaded in versions.items():
+                out.append({**loaded.describe(), "stable": self.stable.get(name) == version})
+        return out
+
+
+__all__ = ["CorruptVersion", "LoadedVersion", "Repository", "warm_feeds"]

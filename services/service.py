@@ -1,0 +1,38 @@
+"""The BentoML service: ``bentoml serve`` (the service named in bentofile.yaml) and
+``podium serve`` both start this.
+
+The Podium HTTP API is a FastAPI app mounted into the service, so BentoML keeps its own
+``/livez``, ``/readyz``, ``/metrics`` and OpenAPI page, and our routes appear in that page.
+Every configured model is loaded and warmed in ``__init__``; ``__is_ready__`` reports ready only
+after that.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bentoml
+
+from services.app import create_app
+from services.config import get_config
+from services.dataplane import PLANE
+
+CONFIG = get_config()
+app = create_app()
+
+
+@bentoml.service(
+    name="podium",
+    workers=CONFIG.workers,
+    traffic={"timeout": 300},
+    http={"host": CONFIG.host, "port": CONFIG.port},
+    logging={"access": {"enabled": False}},  # per-request access logs cost more than inference
+)
+@bentoml.asgi_app(app, path="/")
+class Podium:
+    def __init__(self) -> None:
+        logging.getLogger("podium").setLevel(logging.INFO)
+        PLANE.start(CONFIG)
+
+    def __is_ready__(self) -> bool:
+        return PLANE.ready
