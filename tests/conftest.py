@@ -39,3 +39,12 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     run_podium("train", "--all", *TINY, store=store, runs_dir=runs)
     return store
+
+
+@pytest.fixture(scope="session")
+def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real `bentoml serve` of the tiny store, shared by the HTTP tests."""
+    from tests.server import serve
+
+    with serve(tiny_store, tmp_path_factory.mktemp("server-logs")) as running:
+        yield running
