@@ -91,14 +91,14 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
             if not isinstance(payload, dict) or "rows" not in payload:
                 raise InvalidInput("expected a JSON object with 'rows'", field="rows")
             rows = codecs.decode_rows(payload["rows"], PLANE.config.max_items_per_request)
-            (prob,) = await loaded.infer({"features": rows})
+            (prob,) = await PLANE.infer(loaded, {"features": rows})
             prob = prob.reshape(-1)
             predictions = [{"probability": float(p), "label": spec.labels[int(p >= 0.5)]}
                            for p in prob]
         else:
             images, payload = await _decode_images(request, body)
             k = _top_k(payload, request)
-            (logits,) = await loaded.infer({"image": images})
+            (logits,) = await PLANE.infer(loaded, {"image": images})
             probs = _softmax(logits)
             order = np.argsort(-probs, axis=1)[:, :k]
             predictions = [
@@ -271,6 +271,10 @@ def build_router() -> APIRouter:
 
 
 def create_app() -> FastAPI:
+    from services import admin, protocol
+
     app = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(build_router())
+    app.include_router(protocol.build_router())
+    app.include_router(admin.build_router())
     return app

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from services.config import ServeConfig, get_config
 from services.errors import ModelNotReady
 from services.repository import LoadedVersion, Repository
@@ -45,6 +47,10 @@ class DataPlane:
                headers: dict[str, str] | None = None) -> LoadedVersion:
         """The version that answers this request: an explicit version, else the stable one."""
         return self.repo().get(name, version)
+
+    async def infer(self, loaded: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run ``feeds`` on ``loaded`` through its batcher (the one path every front door uses)."""
+        return await loaded.infer(feeds)
 
 
 PLANE = DataPlane()
