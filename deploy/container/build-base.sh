@@ -89,8 +89,9 @@ step "apt sources from the host, security updates"
 rm -f "$ROOTFS/etc/apt/sources.list"
 cp /etc/apt/sources.list.d/*.sources "$ROOTFS/etc/apt/sources.list.d/" 2>/dev/null || true
 [[ -f /etc/apt/sources.list ]] && cp /etc/apt/sources.list "$ROOTFS/etc/apt/sources.list"
-chroot_run apt-get -q update >/dev/null
-chroot_run apt-get -q -y --no-install-recommends upgrade >/dev/null
+chroot_run apt-get -q update >>"$WORK/apt.log" 2>&1 || { tail -n 20 "$WORK/apt.log" >&2; die "apt-get update failed"; }
+chroot_run apt-get -q -y --no-install-recommends upgrade >>"$WORK/apt.log" 2>&1 \
+    || { tail -n 20 "$WORK/apt.log" >&2; die "apt-get upgrade failed"; }
 
 step "extra CA certificates from the host trust store"
 n=0
@@ -107,7 +108,7 @@ for b in "${PIP_CERT:-}" "${REQUESTS_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}" "$pip_ce
     [[ -n "$b" && -f "$b" && "$(readlink -f "$b")" != /etc/ssl/certs/ca-certificates.crt ]] || continue
     install -m 0644 "$b" "$ROOTFS/usr/local/share/ca-certificates/host-bundle-$n.crt"; n=$((n + 1))
 done
-chroot_run update-ca-certificates >/dev/null
+chroot_run update-ca-certificates >/dev/null 2>&1
 step "  $n extra CA file(s) trusted"
 
 step "remove EXTERNALLY-MANAGED, install $UV_SPEC"
@@ -135,6 +136,8 @@ tar --numeric-owner --xattrs -C "$ROOTFS" -c . | podman import \
     --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt' \
     --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
     --change 'ENV UV_NATIVE_TLS=1' \
+    --change 'ENV UV_NO_CACHE=1' \
+    --change 'ENV PIP_NO_CACHE_DIR=1' \
     --change 'CMD ["/bin/bash"]' \
     --message "podium base: debian $SUITE minbase + python3 + uv (build-base.sh)" \
     - "$IMAGE" >/dev/null
