@@ -1,9 +1,138 @@
-"""The admin API: version rollout (issue 5; being built)."""
+"""The admin API (``/admin``): version rollout — status, start (canary or shadow), promote,
+rollback — behind a bearer token.
+
+``Authorization: Bearer <admin_token>`` is required: no header → 401, a wrong token → 403, and
+with no token configured the whole admin API is off (403 saying how to turn it on). The
+prediction endpoints are not affected. Actions that load a version (verify its checksums, warm
+it) run in a thread, so serving goes on meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+from typing import Any
+
 from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.dataplane import PLANE
+from services.errors import Forbidden, InvalidInput, ModelNotReady, Unauthorized
+from services.http import JSON, error_response, parse_json, read_body
+from services.rollout import Rollout
+
+MAX_ADMIN_BODY = 64 * 1024
+
+
+def _authorize(request: Request) -> Rollout:
+    token = PLANE.config.admin_token if PLANE.config else None
+    if not token:
+        raise Forbidden("the admin API is disabled: set admin_token (PODIUM_ADMIN_TOKEN) to "
+                        "enable it")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("admin API: send 'Authorization: Bearer <token>'",
+                           field="Authorization")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Forbidden("admin API: wrong token", field="Authorization")
+    if PLANE.rollout is None:
+        raise ModelNotReady("the server is still loading its models")
+    return PLANE.rollout
+
+
+async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    raw = await read_body(request, MAX_ADMIN_BODY)
+    if not raw.strip():
+        return {}
+    payload = parse_json(raw)
+    if not isinstance(payload, dict):
+        raise InvalidInput("expected a JSON object", field="body")
+    unknown = set(payload) - allowed
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}",
+                           field=sorted(unknown)[0])
+    return payload
+
+
+def _optional_str(payload: dict[str, Any], key: str) -> str | None:
+    value = payload.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidInput(f"{key} must be a non-empty string", field=key)
+    return value
+
+
+async def _act(rollout: Rollout, name: str, action: Any, *args: Any) -> Response:
+    """Run an admin action in a thread; answer with its event and the model's new status."""
+    def run() -> dict[str, Any]:
+        event = action(name, *args)
+        return {"event": event, "status": rollout.status(name)["models"][name]}
+
+    return JSON(await asyncio.to_thread(run))
+
+
+def _reply(exc: Exception) -> Response:
+    response = error_response(exc)
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def status(request: Request, name: str | None = None) -> Response:
+    try:
+        rollout = _authorize(request)
+        return JSON(await asyncio.to_thread(rollout.status, name))
+    except Exception as exc:
+        return _reply(exc)
+
+
+async def start(request: Request, name: str) -> Response:
+    """Body: ``{"version": V, "mode": "canary"|"shadow", "percent": 10, "limits": {...}}``."""
+    try:
+        rollout = _authorize(request)
+        payload = await _body(request, {"version", "mode", "percent", "limits"})
+        version = _optional_str(payload, "version")
+        if version is None:
+            raise InvalidInput("version is required: the candidate to roll out", field="version")
+        limits = payload.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise InvalidInput("limits must be an object", field="limits")
+        return await _act(rollout, name, rollout.begin, version, payload.get("mode", "canary"),
+                          payload.get("percent", 10.0), limits)
+    except Exception as exc:
+        return _reply(exc)
+
+
+async def promote(request: Request, name: str) -> Response:
+    """Body (optional): ``{"version": V}`` to promote a version without a rollout."""
+    try:
+        rollout = _authorize(request)
+        payload = await _body(request, {"version"})
+        return await _act(rollout, name, rollout.promote, _optional_str(payload, "version"))
+    except Exception as exc:
+        return _reply(exc)
+
+
+async def rollback(request: Request, name: str) -> Response:
+    """Body (optional): ``{"reason": "..."}``, kept in the event log."""
+    try:
+        rollout = _authorize(request)
+        payload = await _body(request, {"reason"})
+        return await _act(rollout, name, rollout.rollback, _optional_str(payload, "reason") or "")
+    except Exception as exc:
+        return _reply(exc)
 
 
 def build_router() -> APIRouter:
-    return APIRouter(prefix="/admin", tags=["Admin"])
+    router = APIRouter(prefix="/admin", tags=["Admin"])
+    router.add_api_route("/rollout", status, methods=["GET"],
+                         summary="Rollout status of every served model (token required)")
+    router.add_api_route("/rollout/{name}", status, methods=["GET"],
+                         summary="A model's versions, traffic shares, outcomes and events")
+    router.add_api_route("/rollout/{name}/start", start, methods=["POST"],
+                         summary="Start a canary (percent of traffic) or shadow rollout")
+    router.add_api_route("/rollout/{name}/promote", promote, methods=["POST"],
+                         summary="Make the candidate (or a named version) the stable version")
+    router.add_api_route("/rollout/{name}/rollback", rollback, methods=["POST"],
+                         summary="Abort the rollout, or return to the previous stable version")
+    return router

@@ -53,6 +53,21 @@ class ServeConfig(BaseModel):
     top_k_default: int = Field(3, ge=1, le=10)
     admin_token: str | None = Field(None, description="bearer token for /admin; unset = admin off")
     rollout_state: str = Field("", description="rollout state file; default BENTOML_HOME/podium-rollout.json")
+    rollout_poll_ms: float = Field(100.0, gt=0, le=60000,
+                                   description="how often each worker looks for a new rollout state")
+    rollout_window_s: float = Field(60.0, gt=0, description="automatic rollback judges this window")
+    rollout_min_requests: int = Field(20, ge=1,
+                                      description="candidate requests in the window before judging")
+    rollout_max_error_rate: float = Field(0.05, ge=0, le=1,
+                                          description="candidate error rate that rolls back; 0 = off")
+    rollout_max_p99_ms: float = Field(1000.0, ge=0,
+                                      description="candidate p99 latency that rolls back; 0 = off")
+    rollout_min_agreement: float = Field(0.0, ge=0, le=1,
+                                         description="shadow label agreement below which the "
+                                                     "candidate rolls back; 0 = off")
+    rollout_shadow_inflight: int = Field(64, ge=1,
+                                         description="shadow copies in flight per worker; more "
+                                                     "are skipped, never queued")
 
     def max_batch(self, name: str) -> int:
         return self.max_batch_size.get(name, DEFAULT_MAX_BATCH.get(name, 64))

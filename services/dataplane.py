@@ -8,13 +8,15 @@ model is loaded and warm before ``/readyz`` says ready) and the HTTP routes read
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from services.config import ServeConfig, get_config
-from services.errors import ModelNotReady
+from services.errors import InvalidInput, ModelNotReady
 from services.repository import LoadedVersion, Repository
+from services.rollout import Rollout
 
 log = logging.getLogger("podium")
 
@@ -24,6 +26,7 @@ class DataPlane:
         self.config: ServeConfig | None = None
         self.repository: Repository | None = None
         self.metrics: Any = None
+        self.rollout: Rollout | None = None
 
     @property
     def ready(self) -> bool:
@@ -36,6 +39,9 @@ class DataPlane:
         self.metrics = get_metrics()
         repository = Repository(self.config, self.metrics)
         repository.load_all()
+        rollout = Rollout(self.config, repository)
+        rollout.start()  # the stored rollout state is applied before the server says ready
+        self.rollout = rollout
         self.repository = repository
 
     def repo(self) -> Repository:
@@ -45,12 +51,30 @@ class DataPlane:
 
     def select(self, name: str, version: str | None = None,
                headers: dict[str, str] | None = None) -> LoadedVersion:
-        """The version that answers this request: an explicit version, else the stable one."""
-        return self.repo().get(name, version)
+        """The version that answers this request: an explicit version, else the rollout's
+        choice (stable, or the candidate for a canary's share / a pinned client), else stable."""
+        repository = self.repo()
+        if version is None and self.rollout is not None:
+            version = self.rollout.route(name, headers)
+        return repository.get(name, version)
 
     async def infer(self, loaded: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run ``feeds`` on ``loaded`` through its batcher (the one path every front door uses)."""
-        return await loaded.infer(feeds)
+        """Run ``feeds`` on ``loaded`` through its batcher (the one path every front door uses),
+        recording the outcome for the rollout and mirroring it to a shadow candidate."""
+        rollout = self.rollout
+        if rollout is None:
+            return await loaded.infer(feeds)
+        started = time.perf_counter()
+        try:
+            outputs = await loaded.infer(feeds)
+        except InvalidInput:  # the client's fault, not the version's
+            raise
+        except Exception:
+            rollout.record(loaded, time.perf_counter() - started, ok=False)
+            raise
+        rollout.record(loaded, time.perf_counter() - started, ok=True)
+        rollout.mirror(loaded, feeds, outputs)
+        return outputs
 
 
 PLANE = DataPlane()
