@@ -136,6 +136,7 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Decode an image fully, refusing non-images, truncated files and decompression bombs."""
     if not data:
         raise InvalidInput(f"{name}: empty file", field=name)
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard, at our limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -148,7 +149,8 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except PayloadTooLarge:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"{name}: decompression bomb refused ({exc})", field=name) from None
+        raise PayloadTooLarge(f"{name}: the declared size exceeds the {max_pixels}-pixel limit; "
+                              f"decompression bomb refused ({exc})", field=name) from None
     except UnidentifiedImageError:
         raise InvalidInput(f"{name}: not an image Pillow can read", field=name) from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -171,7 +173,7 @@ def mnist_from_image(image: Image.Image) -> np.ndarray:
     if _border_mean(gray) > 127:  # dark digit on a light background → invert, as MNIST is
         gray = 255.0 - gray
     gray = np.clip(gray - np.percentile(gray, 50) * 0.5, 0, 255)  # lift a grey background to black
-    mask = gray > 0.2 * gray.max() if gray.max() > 0 else np.zeros_like(gray, bool)
+    mask = gray > 0.1 * gray.max() if gray.max() > 0 else np.zeros_like(gray, bool)
     if not mask.any():
         return np.zeros((1, IMAGE_SIDE, IMAGE_SIDE), np.float32)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -198,8 +200,9 @@ def _center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
     if total <= 0:
         return canvas
     ys, xs = np.indices(canvas.shape)
-    dy = int(round(IMAGE_SIDE / 2 - 0.5 - (ys * canvas).sum() / total))
-    dx = int(round(IMAGE_SIDE / 2 - 0.5 - (xs * canvas).sum() / total))
+    # MNIST put each digit's centre of mass at pixel (14, 14) of the 28×28 frame.
+    dy = int(round(IMAGE_SIDE / 2 - (ys * canvas).sum() / total))
+    dx = int(round(IMAGE_SIDE / 2 - (xs * canvas).sum() / total))
     shifted = np.zeros_like(canvas)
     src_y = slice(max(0, -dy), IMAGE_SIDE - max(0, dy))
     dst_y = slice(max(0, dy), IMAGE_SIDE - max(0, -dy))

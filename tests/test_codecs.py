@@ -1,0 +1,74 @@
+"""Image decoding turns real digits, however sent, back into MNIST-looking 28×28 inputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.codecs import mnist_from_image, open_image
+from services.errors import InvalidInput, PayloadTooLarge
+from training import data
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return data.load_mnist().test_x[:40]
+
+
+def encode(array: np.ndarray, mode: str, size: int | None, fmt: str) -> bytes:
+    image = Image.fromarray(array).convert(mode)
+    if size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("invert", "mode", "size", "fmt"), [
+    (False, "L", None, "PNG"),
+    (True, "L", 140, "PNG"),
+    (False, "RGB", 56, "JPEG"),
+    (True, "RGB", 300, "BMP"),
+    (False, "LA", None, "PNG"),
+    (True, "RGBA", 64, "PNG"),
+    (False, "RGB", None, "WEBP"),
+])
+def test_decoded_digits_match_the_originals(digits: np.ndarray, invert: bool, mode: str,
+                                            size: int | None, fmt: str) -> None:
+    scores = []
+    for digit in digits:
+        source = 255 - digit if invert else digit
+        decoded = mnist_from_image(open_image(encode(source, mode, size, fmt), "x", 10**8))[0]
+        assert decoded.shape == (28, 28) and 0.0 <= decoded.min() and decoded.max() <= 1.0
+        scores.append(np.corrcoef(decoded.ravel(), digit.ravel() / 255.0)[0, 1])
+    # MNIST digits are already centred by mass in a 20×20 box: decoding must land them back.
+    assert np.median(scores) > 0.85, np.median(scores)
+
+
+def test_transparent_canvas_with_dark_strokes(digits: np.ndarray) -> None:
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digits[0]  # black strokes, shape in alpha, transparent background
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    decoded = mnist_from_image(open_image(buf.getvalue(), "x", 10**8))[0]
+    assert np.corrcoef(decoded.ravel(), digits[0].ravel())[0, 1] > 0.85
+
+
+def test_blank_image_is_all_zero() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (50, 50), 255).save(buf, "PNG")
+    assert mnist_from_image(open_image(buf.getvalue(), "x", 10**8)).max() == 0.0
+
+
+def test_refusals() -> None:
+    with pytest.raises(InvalidInput, match="not an image"):
+        open_image(b"hello", "f", 10**8)
+    with pytest.raises(InvalidInput, match="empty file"):
+        open_image(b"", "f", 10**8)
+    buf = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(buf, "PNG")
+    with pytest.raises(PayloadTooLarge, match="pixel limit"):
+        open_image(buf.getvalue(), "f", 1000 * 1000)
