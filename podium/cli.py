@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_positive_int, help="port (default from config: 3000)")
     s.add_argument("--workers", type=_positive_int, help="worker processes")
     _add_store(s)
+
+    from podium import rollout_cli
+
+    rollout_cli.add_parser(sub)
     return parser
 
 
@@ -163,7 +167,13 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, workers=args.workers)
 
 
-COMMANDS = {"train": _train, "models": _models, "serve": _serve}
+def _rollout(args: argparse.Namespace) -> int:
+    from podium import rollout_cli
+
+    return rollout_cli.run(args)
+
+
+COMMANDS = {"train": _train, "models": _models, "serve": _serve, "rollout": _rollout}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,12 +23,6 @@ from services.http import Timer, error_response, media_type, parse_json, read_bo
 NPY_TYPES = {"application/x-npy", "application/npy", "application/octet-stream"}
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _top_k(payload: dict[str, Any] | None, request: Request) -> int:
     raw = (payload or {}).get("top_k", request.query_params.get("top_k"))
     if raw is None:
@@ -99,7 +93,7 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
             images, payload = await _decode_images(request, body)
             k = _top_k(payload, request)
             (logits,) = await PLANE.infer(loaded, {"image": images})
-            probs = _softmax(logits)
+            probs = codecs.softmax(logits)
             order = np.argsort(-probs, axis=1)[:, :k]
             predictions = [
                 {"digit": int(row[0]), "label": spec.labels[row[0]], "probability": float(p[row[0]]),
@@ -112,22 +106,6 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
         response = error_response(exc)
         timer.done(response.status_code)
         return response
-
-
-def _text_field(payload: dict[str, Any], key: str, default: Any, kind: type, low: float,
-                high: float, inclusive_low: bool = True) -> Any:
-    value = payload.get(key, default)
-    if value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise InvalidInput(f"{key} must be {'an integer' if kind is int else 'a number'}", field=key)
-    if not (low <= value <= high if inclusive_low else low < value <= high):
-        bracket = "[" if inclusive_low else "("
-        raise InvalidInput(f"{key}={value} is out of range {bracket}{low}, {high}]", field=key)
-    return kind(value)
 
 
 async def _text_request(request: Request, name: str, version: str | None, endpoint: str) -> Response:
@@ -152,16 +130,16 @@ async def _text_request(request: Request, name: str, version: str | None, endpoi
                                f"{cfg.max_prompt_chars}", field="prompt")
         vocab = len(loaded.vocab) - 1
         if endpoint == "generate":
-            n = _text_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars)
-            temperature = _text_field(payload, "temperature", 1.0, float, 0.0, 5.0,
+            n = codecs.number_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars)
+            temperature = codecs.number_field(payload, "temperature", 1.0, float, 0.0, 5.0,
                                       inclusive_low=False)
-            top_k = _text_field(payload, "top_k", None, int, 1, vocab)
-            seed = _text_field(payload, "seed", None, int, 0, 2**63 - 1)
+            top_k = codecs.number_field(payload, "top_k", None, int, 1, vocab)
+            seed = codecs.number_field(payload, "seed", None, int, 0, 2**63 - 1)
             text, unknown = await textgen.generate(loaded, prompt, n, temperature, top_k, seed)
             content = {"model": name, "version": loaded.version, "prompt": prompt, "text": text,
                        "unknown_chars": unknown}
         else:
-            top_k = _text_field(payload, "top_k", 5, int, 1, vocab)
+            top_k = codecs.number_field(payload, "top_k", 5, int, 1, vocab)
             dist, unknown = await textgen.next_distribution(loaded, prompt, top_k)
             content = {"model": name, "version": loaded.version, "prompt": prompt,
                        "next": [{"char": c, "probability": p} for c, p in dist],

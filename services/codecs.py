@@ -223,6 +223,30 @@ def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: in
 
 # --------------------------------------------------------------------------------------- text
 
+def number_field(payload: dict[str, Any], key: str, default: Any, kind: type, low: float,
+                high: float, inclusive_low: bool = True) -> Any:
+    """``payload[key]`` (or ``default``) checked to be a ``kind`` number in range, else 400."""
+    value = payload.get(key, default)
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        raise InvalidInput(f"{key} must be {'an integer' if kind is int else 'a number'}", field=key)
+    if not (low <= value <= high if inclusive_low else low < value <= high):
+        bracket = "[" if inclusive_low else "("
+        raise InvalidInput(f"{key}={value} is out of range {bracket}{low}, {high}]", field=key)
+    return kind(value)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+
 def encode_text(text: str, index: dict[str, int]) -> tuple[np.ndarray, list[str]]:
     """Character ids (unknown characters → id 0) and the distinct unknown characters seen."""
     ids = np.fromiter((index.get(c, 0) for c in text), dtype=np.int64, count=len(text))

@@ -26,8 +26,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services import oip_codec, textgen
-from services.app import _softmax, _text_field
+from services import codecs, oip_codec, textgen
 from services.codecs import IMAGE_SIDE, normalize_pixels
 from services.dataplane import PLANE
 from services.errors import InvalidInput, ModelNotReady, PayloadTooLarge
@@ -129,7 +128,7 @@ class ImageAdapter(Adapter):
         (logits,) = await PLANE.infer(loaded, {"image": batch})
         out = {"logits": logits}
         if "probabilities" in wanted:
-            out["probabilities"] = _softmax(logits).astype(np.float32, copy=False)
+            out["probabilities"] = codecs.softmax(logits).astype(np.float32, copy=False)
         if "label" in wanted:
             out["label"] = _labels(loaded.spec.labels, logits.argmax(axis=1))
         return out
@@ -158,11 +157,11 @@ class TextAdapter(Adapter):
                 raise InvalidInput(f"input 'prompt': a prompt has {len(text)} characters; the limit "
                                    f"is {cfg.max_prompt_chars}", field="prompt")
             texts.append(text)
-        n = _text_field(parameters, "max_new_chars", 200, int, 1, cfg.max_new_chars)
-        temperature = _text_field(parameters, "temperature", 1.0, float, 0.0, 5.0,
+        n = codecs.number_field(parameters, "max_new_chars", 200, int, 1, cfg.max_new_chars)
+        temperature = codecs.number_field(parameters, "temperature", 1.0, float, 0.0, 5.0,
                                   inclusive_low=False)
-        top_k = _text_field(parameters, "top_k", None, int, 1, len(loaded.vocab) - 1)
-        seed = _text_field(parameters, "seed", None, int, 0, 2**63 - 1)
+        top_k = codecs.number_field(parameters, "top_k", None, int, 1, len(loaded.vocab) - 1)
+        seed = codecs.number_field(parameters, "seed", None, int, 0, 2**63 - 1)
         # Concurrent generations share the batcher: N prompts step together as batches of N.
         results = await asyncio.gather(*(textgen.generate(loaded, t, n, temperature, top_k, seed)
                                          for t in texts))

@@ -26,7 +26,10 @@ app = create_app()
     workers=CONFIG.workers,
     traffic={"timeout": 300},
     http={"host": CONFIG.host, "port": CONFIG.port},
-    logging={"access": {"enabled": False}},  # per-request access logs cost more than inference
+    # Measured (results/bench): per-request access logs and OpenTelemetry spans cost more than
+    # the inference itself; the data plane keeps its own Prometheus metrics instead.
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/v1/models", "/v2"]},
 )
 @bentoml.asgi_app(app, path="/")
 class Podium:
