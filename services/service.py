@@ -10,6 +10,7 @@ after that.
 from __future__ import annotations
 
 import logging
+import os
 
 import bentoml
 
@@ -20,9 +21,17 @@ from services.dataplane import PLANE
 CONFIG = get_config()
 app = create_app()
 
+# The container image: a Debian bookworm / Python 3.11 base built locally with debootstrap
+# (deploy/container/build-base.sh). A distro name BentoML does not manage keeps its generated
+# Dockerfile from adding a ~385 MB apt layer; serving needs no system packages.
+IMAGE = bentoml.images.Image(
+    base_image=os.environ.get("PODIUM_BASE_IMAGE", "localhost/podium-base:bookworm-py311"),
+    distro="podium-debootstrap", python_version="3.11", lock_python_packages=False)
+
 
 @bentoml.service(
     name="podium",
+    image=IMAGE,
     workers=CONFIG.workers,
     traffic={"timeout": 300},
     http={"host": CONFIG.host, "port": CONFIG.port},
