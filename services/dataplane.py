@@ -73,7 +73,10 @@ class DataPlane:
             rollout.record(loaded, time.perf_counter() - started, ok=False)
             raise
         rollout.record(loaded, time.perf_counter() - started, ok=True)
-        rollout.mirror(loaded, feeds, outputs)
+        if loaded.spec.kind != "text":
+            # A generation step carries the stable version's recurrent state, meaningless to
+            # another version: text is routed and recorded, not shadowed step by step.
+            rollout.mirror(loaded, feeds, outputs)
         return outputs
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.codecs import encode_text
+from services.dataplane import PLANE
 from services.repository import LoadedVersion
 
 
@@ -26,7 +27,7 @@ def _distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> 
 
 async def _step(loaded: LoadedVersion, tokens: np.ndarray, state: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    logits, state_out = await loaded.infer({"tokens": tokens, "state": state})
+    logits, state_out = await PLANE.infer(loaded, {"tokens": tokens, "state": state})
     return logits[0, -1], state_out
 
 
