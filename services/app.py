@@ -18,7 +18,7 @@ from starlette.responses import Response
 from services import codecs, textgen
 from services.dataplane import PLANE
 from services.errors import InvalidInput, UnsupportedMediaType
-from services.http import Timer, error_response, media_type, parse_json, read_body, versioned
+from services.http import JSON, Timer, error_response, media_type, parse_json, read_body, versioned
 
 NPY_TYPES = {"application/x-npy", "application/npy", "application/octet-stream"}
 
@@ -162,20 +162,12 @@ async def next_chars(request: Request, name: str, version: str | None = None) ->
 
 async def list_models(request: Request) -> Response:
     try:
-        return versioned_list(PLANE.repo().describe())
+        return JSON({"models": PLANE.repo().describe()})
     except Exception as exc:
         return error_response(exc)
 
 
-def versioned_list(rows: list[dict[str, Any]]) -> Response:
-    from services.http import JSON
-
-    return JSON({"models": rows})
-
-
 async def model_info(request: Request, name: str) -> Response:
-    from services.http import JSON
-
     try:
         versions = PLANE.repo().model(name)
         stable = PLANE.repo().stable[name]
@@ -191,8 +183,6 @@ async def model_info(request: Request, name: str) -> Response:
 
 
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    from services.http import JSON
-
     try:
         PLANE.repo().get(name, version)
         return JSON({"name": name, "ready": True})

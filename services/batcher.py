@@ -67,10 +67,6 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model}")
         self._closed = False
 
-    # -- running the model directly (warm-up, batching off) ------------------------------------
-    def run_sync(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.runner(feeds)
-
     def _batch_of(self, feeds: dict[str, np.ndarray]) -> int:
         name, axis = next(iter(self.input_axes.items()))
         return int(feeds[name].shape[axis])
@@ -182,12 +178,6 @@ class Batcher:
     def _observe(self, requests: int, items: int, seconds: float, waits: list[float]) -> None:
         if self.metrics is not None:
             self.metrics.observe_batch(self.model, self.version, requests, items, seconds, waits)
-
-    async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait until everything queued has been answered (used before unloading a version)."""
-        deadline = time.monotonic() + timeout_s
-        while (self._queue or self._queued_items) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
 
     def close(self) -> None:
         self._closed = True

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models.artifacts import CorruptVersion, StoredVersion, get_version
+from models.artifacts import StoredVersion, get_version
 from models.catalog import ModelSpec, get_spec
 from services.batcher import Batcher
 from services.config import ServeConfig
@@ -65,8 +65,8 @@ class LoadedVersion:
                 "profile": md.get("profile"), "max_batch_size": self.batcher.max_batch_size}
 
 
-def warm_feeds(spec: ModelSpec, batch: int, loaded: LoadedVersion | None = None,
-               arch: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def warm_feeds(spec: ModelSpec, batch: int, arch: dict[str, Any] | None = None
+               ) -> dict[str, np.ndarray]:
     if spec.kind == "tabular":
         return {"features": np.zeros((batch, 8), np.float32)}
     if spec.kind == "image":
@@ -178,5 +178,3 @@ class Repository:
                 out.append({**loaded.describe(), "stable": self.stable.get(name) == version})
         return out
 
-
-__all__ = ["CorruptVersion", "LoadedVersion", "Repository", "warm_feeds"]
