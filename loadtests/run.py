@@ -459,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--users", type=int, default=8)
     once.add_argument("--run-time", type=float, default=30, help="seconds")
     sweep = sub.add_parser("sweep", parents=[common], help="capacity sweep per model")
-    sweep.add_argument("--p99-ms", default="100,char-rnn=400",
-                       help="p99 target in ms, with per-model overrides: 100,char-rnn=400")
+    sweep.add_argument("--p99-ms", default="100,char-rnn=400,mixed=400",
+                       help="p99 target in ms, then per-row overrides (a model, or mixed)")
     sweep.add_argument("--step-s", type=float, default=12, help="seconds per user step")
     sweep.add_argument("--max-users", type=int, default=64)
     sweep.add_argument("--no-mixed", dest="mixed", action="store_false",

@@ -9,7 +9,7 @@ LOADTEST_TIME  ?= 60
 LOADTEST_OUT   ?=
 LOADTEST_ARGS  ?=
 WEIGHTS        ?=
-P99_MS         ?= 100,char-rnn=400
+P99_MS         ?= 100,char-rnn=400,mixed=400
 STEP_TIME      ?= 12
 MAX_USERS      ?= 64
 SOAK_TIME      ?= 600
