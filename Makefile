@@ -15,6 +15,8 @@ help:
 	@echo "make train-full  train all six models with the full profile"
 	@echo "make bench       in-process runtime benchmark; make bench-serve: HTTP serving benchmark"
 	@echo "make lint        ruff"
+	@echo "make loadtest    bounded Locust run (also loadtest-sweep, loadtest-soak)"
+	@echo "make bento       bentoml build; make container: OCI image (podman); make container-smoke: run and check it"
 
 venv: $(STAMP)
 

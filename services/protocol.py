@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,9 +311,15 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
         return _failed(exc, loaded)
 
 
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("podium")
+    except importlib.metadata.PackageNotFoundError:  # a bento carries the source, not the dist
+        return os.environ.get("PODIUM_SERVER_VERSION", "unknown")
+
+
 async def server_metadata(request: Request) -> Response:
-    return JSON({"name": "podium", "version": importlib.metadata.version("podium"),
-                 "extensions": EXTENSIONS})
+    return JSON({"name": "podium", "version": _server_version(), "extensions": EXTENSIONS})
 
 
 async def live(request: Request) -> Response:
