@@ -100,7 +100,7 @@ def target(host: str | None, store: Path, log_dir: Path) -> Iterator[Target]:
         models, versions, oip = _describe(host)
         yield Target(host.rstrip("/"), _listening_pid(host), models, versions, oip, False)
         return
-    from tests.server import serve  # the same real `bentoml serve` the test suite uses
+    from services.launch import serve  # the same real `bentoml serve` the test suite uses
 
     models = store_models(store)
     if not models:

@@ -162,9 +162,9 @@ def _serve(args: argparse.Namespace) -> int:
     from training.register import use_store
 
     use_store(args.store)
-    from services.launch import serve
+    from services.launch import run_server
 
-    return serve(host=args.host, port=args.port, workers=args.workers)
+    return run_server(host=args.host, port=args.port, workers=args.workers)
 
 
 def _rollout(args: argparse.Namespace) -> int:

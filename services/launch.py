@@ -1,28 +1,98 @@
-"""``podium serve``: run ``bentoml serve`` on the Podium service with the configured host,
-port and workers, from the repository root so the service module resolves."""
+"""Starting the Podium service: ``podium serve`` (blocking, for people) and ``serve()`` (a
+context manager for programs — the test suite, the load tests, the benchmarks — that starts a real
+``bentoml serve`` on a free 127.0.0.1 port, waits for ``/readyz`` and stops it afterwards)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from services.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
-def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
+def run_server(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
     env = dict(os.environ)
     for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             env[f"PODIUM_{key}"] = str(value)
     cfg = load_config(host=host, port=port, workers=workers)
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.service:Podium",
+    cmd = [BENTOML, "serve", "services.service:Podium",
            "--host", cfg.host, "--port", str(cfg.port)]
     print("podium: " + " ".join(cmd), flush=True)
     try:
         return subprocess.call(cmd, cwd=ROOT, env=env)
     except KeyboardInterrupt:
         return 130
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve(store: Path, log_dir: Path, env: dict[str, str] | None = None,
+          ready_timeout: float = 120) -> Iterator[Server]:
+    """A running server over ``store``; PODIUM_* settings come through ``env``."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    full_env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
+                "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([BENTOML, "serve", "services.service:Podium", "--host",
+                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=full_env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", port, proc, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.logs()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

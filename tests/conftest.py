@@ -44,7 +44,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real `bentoml serve` of the tiny store, shared by the HTTP tests."""
-    from tests.server import serve
+    from services.launch import serve
 
     with serve(tiny_store, tmp_path_factory.mktemp("server-logs")) as running:
         yield running

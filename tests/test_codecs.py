@@ -42,7 +42,7 @@ def test_decoded_digits_match_the_originals(digits: np.ndarray, invert: bool, mo
     for digit in digits:
         source = 255 - digit if invert else digit
         decoded = mnist_from_image(open_image(encode(source, mode, size, fmt), "x", 10**8))[0]
-        assert decoded.shape == (28, 28) and 0.0 <= decoded.min() and decoded.max() <= 1.0
+        assert decoded.shape == (28, 28) and decoded.min() >= 0.0 and decoded.max() <= 1.0
         scores.append(np.corrcoef(decoded.ravel(), digit.ravel() / 255.0)[0, 1])
     # MNIST digits are already centred by mass in a 20×20 box: decoding must land them back.
     assert np.median(scores) > 0.85, np.median(scores)

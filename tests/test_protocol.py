@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.server import Server
+from services.launch import Server
 
 MNIST_MODELS = ["mnist-fc", "mnist-cnn", "mnist-googlenet", "mnist-resnet"]
 ALL_MODELS = ["diabetes", *MNIST_MODELS, "char-rnn"]

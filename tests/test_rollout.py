@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from models.artifacts import sha256_file
+from services.launch import serve
 from services.rollout import Limits, StateStore, compare, sticky_fraction
 from tests.conftest import ROOT, TINY, run_podium
-from tests.server import serve
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

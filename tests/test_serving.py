@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from models.catalog import DIABETES_FEATURES
-from tests.server import Server
+from services.launch import Server
 from training import data
 
 MNIST_MODELS = ["mnist-fc", "mnist-cnn", "mnist-googlenet", "mnist-resnet"]
@@ -377,7 +377,7 @@ def test_torchscript_runtime_gives_the_same_answers(tiny_store: Path, tmp_path: 
                                                     mnist: data.MnistData) -> None:
     import shutil
 
-    from tests.server import serve
+    from services.launch import serve
 
     # A second server needs its own BENTOML_HOME: `bentoml serve` wipes the Prometheus
     # directory under the home it starts in, which would blank the first server's /metrics.
