@@ -143,7 +143,7 @@ CATALOG: dict[str, ModelSpec] = {
     "mnist-googlenet": _mnist("mnist-googlenet", "models.nets:MnistGoogLeNet",
                               "MNIST GoogLeNet-style net with two InceptionA blocks",
                               replace(_MNIST_QUICK, lr=0.01, train_subset=20000),
-                              _mnist_full(15, 0.02, augment=True)),
+                              _mnist_full(8, 0.02, augment=True)),
     "mnist-resnet": _mnist("mnist-resnet", "models.nets:MnistResNet",
                            "MNIST ResNet-style net with two residual blocks",
                            replace(_MNIST_QUICK, lr=0.01, train_subset=20000),
