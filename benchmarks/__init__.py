@@ -1,0 +1,1 @@
+"""Podium benchmarks: ``make bench`` (in-process runtime) and ``make bench-serve`` (HTTP)."""

@@ -1,0 +1,32 @@
+# Benchmarks (issues 3 and 4). Results go to BENCH_OUT and are committed (results/bench/).
+#   make bench         raw in-process ONNX Runtime samples/s of every stored model (batch 1/64/256)
+#   make bench-serve   the whole serving benchmark in one run (~10 min): runtime, HTTP ceiling,
+#                      Podium batching on/off per input form and concurrency, .npy 1024, start-up,
+#                      plain BentoML for comparison; report + raw JSON + latency/throughput PNG
+# The machine should be quiet: bench-serve waits up to BENCH_LOAD_WAIT s for the 1-minute load
+# average to fall below BENCH_MAX_LOAD, then measures anyway (each figure records its load).
+BENCH_OUT       ?= results/bench
+BENCH_SECONDS   ?= 8
+BENCH_MAX_LOAD  ?= 2.5
+BENCH_LOAD_WAIT ?= 300
+BENCH_PROFILE   ?= auto
+BENCH_ARGS      ?=
+
+.PHONY: bench bench-serve bench-tools
+
+bench: venv
+	$(BIN)/python -m benchmarks.bench_runtime --json $(BENCH_OUT)/runtime.json
+
+# hey (the HTTP load generator) from the distribution's packages when it is missing; py-spy (the
+# profiler, used only when a target is missed) into the venv — a tool, not a project dependency.
+bench-tools: venv
+	@command -v hey >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y hey || { $$SUDO apt-get update && $$SUDO apt-get install -y hey; }; }
+	@test "$(BENCH_PROFILE)" = never || test -x $(BIN)/py-spy || \
+		$(BIN)/python -m pip install -q py-spy || echo "py-spy unavailable: no profile"
+
+bench-serve: venv bench-tools
+	$(BIN)/python -m benchmarks.bench_serve --out $(BENCH_OUT) --seconds $(BENCH_SECONDS) \
+		--max-load $(BENCH_MAX_LOAD) --load-wait $(BENCH_LOAD_WAIT) --profile $(BENCH_PROFILE) \
+		$(BENCH_ARGS)
