@@ -62,8 +62,8 @@ class Batcher:
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._driving = False
+        self._driver: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model}")
         self._closed = False
 
@@ -101,10 +101,9 @@ class Batcher:
         pending = _Pending(feeds, n, key, loop.create_future())
         self._queue.append(pending)
         self._queued_items += n
-        if self._task is None or self._task.done():
-            self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._loop())
-        self._wakeup.set()
+        if not self._driving:
+            self._driving = True
+            await self._drive(pending)
         return await pending.future
 
     def _take(self) -> list[_Pending]:
@@ -137,50 +136,74 @@ class Batcher:
         self._queue = keep
         return batch
 
-    async def _loop(self) -> None:
+    async def _drive(self, owner: _Pending | None) -> None:
+        """Run batches until the queue is empty.
+
+        A request that finds the batcher idle drives it itself, so an uncontended request costs no
+        task switch; once its own answer is in and work remains, it hands the queue to a
+        background task and returns to its client. Exactly one driver exists while
+        ``_driving`` is set.
+        """
         loop = asyncio.get_running_loop()
-        assert self._wakeup is not None
-        while not self._closed:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.wait_s and self._queued_items < self.max_batch_size:
-                await asyncio.sleep(self.wait_s)
-            batch = self._take()
-            if not batch:
-                continue
-            started = time.perf_counter()
-            waits = [time.monotonic() - p.enqueued for p in batch]
-            try:
-                if len(batch) == 1:
-                    feeds = batch[0].feeds
-                else:
-                    feeds = {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
-                             for k, ax in self.input_axes.items()}
-                outputs = await loop.run_in_executor(self._executor, self.runner, feeds)
-            except Exception as exc:  # the model failed: every request of the batch hears why
-                error = InferenceError(f"{self.model}:{self.version} failed: {exc}")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                continue
-            self._observe(len(batch), sum(p.n for p in batch), time.perf_counter() - started,
-                          waits)
-            offset = 0
+        handed_off = False
+        try:
+            while self._queue and not self._closed:
+                if owner is not None and owner.future.done():
+                    self._driver = loop.create_task(self._drive(None))
+                    handed_off = True
+                    return
+                if self.wait_s and self._queued_items < self.max_batch_size:
+                    await asyncio.sleep(self.wait_s)
+                batch = self._take()
+                if batch:
+                    # Shielded: if the driving client goes away, its batch still completes.
+                    await asyncio.shield(self._execute(batch))
+        except asyncio.CancelledError:
+            if self._queue and not self._closed:
+                self._driver = loop.create_task(self._drive(None))
+                handed_off = True
+            raise
+        finally:
+            if not handed_off:
+                self._driving = False
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        waits = [time.monotonic() - p.enqueued for p in batch]
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].feeds
+            else:
+                feeds = {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
+                         for k, ax in self.input_axes.items()}
+            outputs = await loop.run_in_executor(self._executor, self.runner, feeds)
+        except Exception as exc:  # the model failed: every request of the batch hears why
+            error = InferenceError(f"{self.model}:{self.version} failed: {exc}")
             for p in batch:
                 if not p.future.done():
-                    p.future.set_result([
-                        _slice(o, offset, offset + p.n, ax) if len(batch) > 1 else o
-                        for o, ax in zip(outputs, self.output_axes, strict=True)])
-                offset += p.n
+                    p.future.set_exception(error)
+            return
+        self._observe(len(batch), sum(p.n for p in batch), time.perf_counter() - started, waits)
+        offset = 0
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result([
+                    _slice(o, offset, offset + p.n, ax) if len(batch) > 1 else o
+                    for o, ax in zip(outputs, self.output_axes, strict=True)])
+            offset += p.n
 
     def _observe(self, requests: int, items: int, seconds: float, waits: list[float]) -> None:
         if self.metrics is not None:
             self.metrics.observe_batch(self.model, self.version, requests, items, seconds, waits)
 
     def close(self) -> None:
+        """Stop serving: queued requests are answered 503, nothing waits forever."""
         self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(ServiceOverloaded(
+                    f"{self.model}:{self.version} was unloaded; retry"))
+        self._queued_items = 0
         self._executor.shutdown(wait=False)

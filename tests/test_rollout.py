@@ -110,7 +110,7 @@ def rollout_status(c: httpx.Client) -> dict[str, Any]:
     return c.get("/admin/rollout/diabetes", headers=AUTH).json()["models"]["diabetes"]
 
 
-def wait_for(check, timeout: float = 15.0) -> Any:
+def wait_for(check, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
