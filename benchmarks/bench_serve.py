@@ -110,6 +110,17 @@ def machine() -> dict[str, Any]:
             "hey": shutil.which("hey")}
 
 
+def code_revision() -> dict[str, Any]:
+    """The commit measured, and any uncommitted changes to the served code."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": [line[3:] for line in git("status", "--porcelain", "--", "services", "models",
+                                                "podium").splitlines()]}
+
+
 def busy_processes(seconds: float = 2.0, threshold: float = 15.0) -> list[str]:
     """Other processes using more than ``threshold`` % of a core right now (sampled over
     ``seconds``): what else the shared machine was doing while this ran."""
@@ -565,6 +576,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wait_for_quiet(args.max_load, args.load_wait)
     result["load_avg_measuring"] = load_avg()
     result["busy_processes_start"] = busy_processes()
+    result["code"] = code_revision()
     measuring = time.monotonic()
     bodies, _, label = make_bodies(work)
     result["bodies"] = {k: {"bytes": b.path.stat().st_size, "content_type": b.content_type}
@@ -838,6 +850,9 @@ def report(result: dict[str, Any]) -> str:
         f"{'; '.join(result.get('busy_processes_start') or ['none'])}; at the end: "
         f"{'; '.join(result.get('busy_processes_end') or ['none'])}",
         f"- **Measuring took** {result.get('measure_s', 0) / 60:.1f} min.",
+        f"- **Code measured:** commit `{result.get('code', {}).get('commit', '?')}`"
+        + (f", with uncommitted changes to {', '.join(result['code']['dirty'])}"
+           if result.get("code", {}).get("dirty") else ", clean working tree"),
         "- Raw data: `serve.json`, `runtime.json`; plot: `latency_throughput.png`.",
         "",
         "## Targets",
