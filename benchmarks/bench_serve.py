@@ -792,6 +792,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         pts = [source[str(c)] for c in CONCURRENCY if str(c) in source]
         ax.plot([p["ok_rps"] for p in pts], [p["p99_ms"] for p in pts], style, label=label)
     ax.set_title("mnist-cnn, one image per request (points: c = 1, 16, 64)")
+    ax.set_xscale("log")  # the ceiling is an order of magnitude to the right
     ax2 = axes[1]
     for i, model in enumerate(("mnist-cnn", "mnist-googlenet", "mnist-resnet")):
         for name, style in (("on", "-o"), ("off", ":x"), (VARIANT, "--^")):
@@ -804,7 +805,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                      else f"{model}, batching on, 1 ORT thread")
     ax2.set_title("JSON tensor, one image per request, batching on vs off")
     for a in (ax, ax2):
-        a.set_xlabel("throughput (successful requests/s)")
+        a.set_xlabel("throughput (successful requests/s" + (", log)" if a is ax else ")"))
         a.set_ylabel("p99 latency (ms, log)")
         a.set_yscale("log")
         a.grid(True, which="both", alpha=0.3)
@@ -853,7 +854,8 @@ def report(result: dict[str, Any]) -> str:
         f"- **Code measured:** commit `{result.get('code', {}).get('commit', '?')}`"
         + (f", with uncommitted changes to {', '.join(result['code']['dirty'])}"
            if result.get("code", {}).get("dirty") else ", clean working tree"),
-        "- Raw data: `serve.json`, `runtime.json`; plot: `latency_throughput.png`.",
+        "- Raw data: `serve.json`, `runtime.json`; plot: `latency_throughput.png`; analysis and "
+        "suggested fixes (hand-written, for the run it names): `NOTES.md`.",
         "",
         "## Targets",
         "",
