@@ -78,7 +78,7 @@ def main() -> None:
             for s in servers.values():  # warm-up
                 b.hey(s.url + b.path_for("mnist-cnn", form), bodies[form], 16, 2)
             for c in (1, 16, 64):
-                for rnd in range(2):
+                for _round in range(2):
                     for name, s in servers.items():
                         r = b.hey(s.url + b.path_for("mnist-cnn", form), bodies[form], c, 6)
                         print(f"{form} c={c:<3d} {name:12s} {r['ok_rps']:7.0f} req/s  p50 "
