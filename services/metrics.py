@@ -45,21 +45,38 @@ class Metrics:
             name="podium_queue_duration_seconds", documentation="time a request waited for its batch",
             labelnames=["model", "version"], buckets=LATENCY_BUCKETS)
 
+        # labels() lookups cost more than the observation itself: keep the children.
+        self._batch_children: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
     def observe_batch(self, model: str, version: str, requests: int, items: int,
                       compute_s: float, waits: list[float]) -> None:
-        self.batch_size.labels(model, version).observe(items)
-        self.batch_requests.labels(model, version).observe(requests)
-        self.items.labels(model, version).inc(items)
-        self.executions.labels(model, version).inc()
-        self.compute.labels(model, version).observe(compute_s)
-        hist = self.queue_wait.labels(model, version)
+        children = self._batch_children.get((model, version))
+        if children is None:
+            children = self._batch_children[(model, version)] = tuple(
+                metric.labels(model, version) for metric in (
+                    self.batch_size, self.batch_requests, self.items, self.executions,
+                    self.compute, self.queue_wait))
+        size, per_batch, item_count, runs, compute, queue_wait = children
+        size.observe(items)
+        per_batch.observe(requests)
+        item_count.inc(items)
+        runs.inc()
+        compute.observe(compute_s)
         for wait in waits:
-            hist.observe(wait)
+            queue_wait.observe(wait)
 
     def observe_request(self, model: str, version: str, endpoint: str, status: int,
                         seconds: float) -> None:
-        self.requests.labels(model, version, endpoint, str(status)).inc()
-        self.latency.labels(model, version, endpoint).observe(seconds)
+        key = (model, version, endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(model, version, endpoint, str(status)),
+                self.latency.labels(model, version, endpoint))
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
 
 @functools.cache
