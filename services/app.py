@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -246,12 +247,13 @@ def _plain(handler: Any) -> Any:
     return endpoint
 
 
-def hot_routes() -> list[Route]:
-    """The inference routes as plain Starlette routes, matched before FastAPI's.
+def create_hot_app() -> Starlette:
+    """The inference routes as a plain Starlette app, mounted in front of the FastAPI app.
 
-    The handlers take the raw request anyway; FastAPI's per-request parameter solving was ~8 %
-    of the event loop under load (results/bench/NOTES.md). FastAPI keeps the documented copies,
-    so the OpenAPI page is unchanged.
+    The handlers take the raw request anyway, and FastAPI's per-request machinery (parameter
+    solving, its own middlewares) was over a quarter of the event loop under load
+    (results/bench/NOTES.md). The FastAPI app keeps the documented copies of these routes, so
+    BentoML's OpenAPI page is unchanged.
     """
     from services import protocol
 
@@ -262,7 +264,7 @@ def hot_routes() -> list[Route]:
                    Route(f"/v1{base}/generate", _plain(generate), methods=["POST"]),
                    Route(f"/v1{base}/next", _plain(next_chars), methods=["POST"]),
                    Route(f"/v2{base}/infer", _plain(protocol.infer), methods=["POST"])]
-    return routes
+    return Starlette(routes=routes)
 
 
 def create_app() -> FastAPI:
@@ -272,5 +274,4 @@ def create_app() -> FastAPI:
     app.include_router(build_router())
     app.include_router(protocol.build_router())
     app.include_router(admin.build_router())
-    app.router.routes[:0] = hot_routes()
     return app
