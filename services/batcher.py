@@ -155,8 +155,10 @@ class Batcher:
                 if self.wait_s and self._queued_items < self.max_batch_size:
                     await asyncio.sleep(self.wait_s)
                 batch = self._take()
-                if batch:
-                    # Shielded: if the driving client goes away, its batch still completes.
+                if len(batch) == 1 and batch[0] is owner:
+                    await self._execute(batch)  # nobody else's answer depends on this await
+                elif batch:
+                    # Shielded: if the driving client goes away, the others' batch completes.
                     await asyncio.shield(self._execute(batch))
         except asyncio.CancelledError:
             if self._queue and not self._closed:
