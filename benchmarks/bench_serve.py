@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import bench_runtime
+from services.launch import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -326,13 +326,7 @@ def launch(name: str, argv: list[str], env: dict[str, str], log_path: Path, read
             time.sleep(0.05)
         yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
         fh.close()
 
 

@@ -38,6 +38,17 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
         return 130
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,10 +100,4 @@ def serve(store: Path, log_dir: Path, env: dict[str, str] | None = None,
             time.sleep(0.2)
         yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
