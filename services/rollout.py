@@ -326,6 +326,11 @@ class Rollout:
         while not self._stop.wait(poll_s):
             try:
                 self.sync()
+                # Judge on a clock too, not only when a request arrives: a burst that ends
+                # inside the judging throttle would otherwise never get its verdict.
+                for name, plan in list(self.plans.items()):
+                    if plan.candidate is not None:
+                        self._judge(name, plan)
                 if time.monotonic() - last_beat >= HEARTBEAT_S:
                     last_beat = time.monotonic()
                     self._heartbeat()
