@@ -31,7 +31,9 @@ class ServeConfig(BaseModel):
     workers: int = Field(1, ge=1, description="server worker processes (each loads every model)")
     runtime: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="runtime threads per model; 0 = all cores")
+    intra_op_threads: int = Field(
+        0, ge=0, description="runtime threads per model; 0 = auto: all cores but one, which the "
+                             "event loop needs (1 on a 2-core machine)")
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
     versions: dict[str, str | list[str]] = Field(
         default_factory=dict,
@@ -68,6 +70,14 @@ class ServeConfig(BaseModel):
     rollout_shadow_inflight: int = Field(64, ge=1,
                                          description="shadow copies in flight per worker; more "
                                                      "are skipped, never queued")
+
+    def runtime_threads(self) -> int:
+        """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one
+        ONNX Runtime thread served single images 1.3-1.5x faster at c=16/64 than two
+        (results/bench/README.md, configuration experiment)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) - 1)
 
     def max_batch(self, name: str) -> int:
         return self.max_batch_size.get(name, DEFAULT_MAX_BATCH.get(name, 64))

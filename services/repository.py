@@ -111,7 +111,7 @@ class Repository:
             return existing
         stored.verify()  # raises CorruptVersion: a broken version never starts serving
         runtime = load_runtime(self.config.runtime, spec, stored, self.config.device,
-                               self.config.intra_op_threads)
+                               self.config.runtime_threads())
         input_axes, output_axes = AXES[spec.kind]
         batcher = Batcher(name, stored.version, runtime.run, input_axes, output_axes,
                           max_batch_size=self.config.max_batch(name),
