@@ -303,13 +303,13 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def launch(name: str, argv: list[str], env: dict[str, str], log_path: Path, ready_path: str,
-           port: int, timeout: float = 180, probe: tuple[str, bytes] | None = None
-           ) -> Iterator[Server]:
-    """Start ``argv`` (its own process group), time it until ``ready_path`` answers 200."""
+           port: int, timeout: float = 180, probe: tuple[str, bytes] | None = None,
+           cwd: Path = ROOT) -> Iterator[Server]:
+    """Start ``argv`` (its own process group) in ``cwd``, time it until ``ready_path`` answers 200."""
     url = f"http://127.0.0.1:{port}"
     fh = open(log_path, "w")  # noqa: SIM115 - closed in finally
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                             start_new_session=True)
     server = Server(name, url, proc, log_path)
     try:

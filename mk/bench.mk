@@ -30,3 +30,12 @@ bench-serve: venv bench-tools
 	$(BIN)/python -m benchmarks.bench_serve --out $(BENCH_OUT) --seconds $(BENCH_SECONDS) \
 		--max-load $(BENCH_MAX_LOAD) --load-wait $(BENCH_LOAD_WAIT) --profile $(BENCH_PROFILE) \
 		$(BENCH_ARGS)
+
+# A/B of the serving path against an earlier commit, in one run (issues 10, 14, 15: "≥ 0.97×").
+#   make bench-ab BASE=7688e6a   mnist-cnn JSON c=64; BENCH_AB_ARGS='--form oip --concurrency 16'
+BASE        ?= HEAD~1
+BENCH_AB_ARGS ?=
+
+.PHONY: bench-ab
+bench-ab: venv bench-tools
+	$(BIN)/python -m benchmarks.ab_serve --base $(BASE) --max-load $(BENCH_MAX_LOAD) $(BENCH_AB_ARGS)
