@@ -30,6 +30,7 @@ from services import codecs, textgen
 from services.dataplane import PLANE
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, clip
 from services.http import (
+    ERROR_RESPONSES,
     JSON,
     Timer,
     error_response,
@@ -325,7 +326,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     for router in (build_router(), protocol.build_router(), admin.build_router()):
         _answer_head(router)
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
     app.add_exception_handler(HTTPException, http_error)
     return app
 

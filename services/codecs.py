@@ -94,7 +94,8 @@ def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
         if batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InvalidInput("integer pixels must be in 0–255", field=field)
         return batch.astype(np.float32) * np.float32(1 / 255)
-    out = batch.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused next
+        out = batch.astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         raise InvalidInput("pixels contain NaN or infinity", field=field)
     if out.size and (out.min() < 0.0 or out.max() > 1.0):

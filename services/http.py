@@ -70,6 +70,15 @@ def error_response(exc: Exception) -> JSON:
     return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
+# Documented on every Podium route (OpenAPI): every 4xx/5xx body is this object.
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string", "description": "what was wrong, naming the field"},
+    "field": {"type": "string", "description": "the field, header or tensor that was wrong"}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for code, what in (("4XX", "the client's mistake, named"), ("5XX", "overloaded, loading or failed"))}
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """The routing layer's own errors (a 405 for a method a Podium route does not take) in
     Podium's JSON shape; registered on both of the service's apps."""
