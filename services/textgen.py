@@ -24,8 +24,10 @@ def _distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> 
         cutoff = np.partition(scores, -top_k)[-top_k]
         scores[scores < cutoff] = -np.inf
     # Shift before dividing: every score is then <= 0, so however small the temperature the
-    # quotient is at worst -inf (probability 0), never +inf - +inf = NaN; the best stays at 0.
-    scores = (scores - scores.max()) / temperature
+    # quotient is at worst -inf (probability 0, as intended), never +inf - +inf = NaN; the best
+    # stays at 0.
+    with np.errstate(over="ignore"):
+        scores = (scores - scores.max()) / temperature
     probs = np.exp(scores)
     return probs / probs.sum()
 
