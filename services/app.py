@@ -8,21 +8,41 @@ routes with their documented bodies.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from services import codecs, textgen
 from services.dataplane import PLANE
-from services.errors import InvalidInput, UnsupportedMediaType
-from services.http import JSON, Timer, error_response, media_type, parse_json, read_body, versioned
+from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, clip
+from services.http import (
+    ERROR_RESPONSES,
+    JSON,
+    Timer,
+    error_response,
+    http_error,
+    media_type,
+    parse_json,
+    read_body,
+    versioned,
+)
 
 NPY_TYPES = {"application/x-npy", "application/npy", "application/octet-stream"}
+MAX_FORM_FIELDS = 64  # non-file parts of a multipart body (top_k is the only one read)
 
 
 def _top_k(payload: dict[str, Any] | None, request: Request) -> int:
@@ -36,6 +56,45 @@ def _top_k(payload: dict[str, Any] | None, request: Request) -> int:
     if isinstance(raw, bool) or not 1 <= k <= 10:
         raise InvalidInput("top_k must be an integer from 1 to 10", field="top_k")
     return k
+
+
+@functools.cache
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+
+async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """Image decoding is CPU-bound for as long as the images are large: it runs in a bounded
+    pool so that the event loop (health checks, every other request) never waits for it."""
+    pool = _decode_pool(PLANE.config.image_decode_threads())
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def _multipart_images(request: Request, body: bytes) -> tuple[list[tuple[str, bytes]], Any]:
+    """The files (named ``field[filename]``, the name clipped) and ``top_k`` of a multipart body."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    if not 1 <= len(params.get(b"boundary", b"")) <= 70:  # RFC 2046
+        raise InvalidInput("multipart/form-data needs a boundary parameter of 1 to 70 characters",
+                           field="Content-Type")
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield body
+
+    limit = PLANE.config.max_items_per_request
+    parser = MultiPartParser(request.headers, replay(), max_files=limit, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many"):
+            raise PayloadTooLarge(f"multipart body: {exc.message} (max_items_per_request files, "
+                                  f"{MAX_FORM_FIELDS} fields)", field="body") from None
+        raise InvalidInput(f"malformed multipart body: {exc.message}", field="body") from None
+    files = [(f"{key}[{clip(value.filename)}]" if value.filename else key, await value.read())
+             for key, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        raise InvalidInput("no file part in the multipart body (is its boundary the one declared "
+                           "in Content-Type?)", field="images")
+    return files, form.get("top_k")
 
 
 async def _decode_images(request: Request, body: bytes) -> tuple[np.ndarray, dict[str, Any] | None]:
@@ -52,28 +111,23 @@ async def _decode_images(request: Request, body: bytes) -> tuple[np.ndarray, dic
         return codecs.decode_json_images(payload[key], cfg.max_items_per_request, key), payload
     if kind in NPY_TYPES:
         return codecs.decode_npy(body, cfg.max_items_per_request), None
+    limits = (cfg.max_items_per_request, cfg.max_image_pixels, cfg.max_request_pixels)
     if kind.startswith("image/"):
-        return codecs.decode_images([("body", body)], 1, cfg.max_image_pixels), None
+        return await _off_loop(codecs.decode_images, [("body", body)], *limits), None
     if kind == "multipart/form-data":
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await Request(request.scope, replay).form(
-            max_files=cfg.max_items_per_request + 1, max_fields=64)
-        files = [(f"{key}[{value.filename}]" if value.filename else key, await value.read())
-                 for key, value in form.multi_items() if hasattr(value, "read")]
-        return codecs.decode_images(files, cfg.max_items_per_request, cfg.max_image_pixels), \
-            {"top_k": form.get("top_k")} if form.get("top_k") else None
+        files, top_k = await _multipart_images(request, body)
+        images = await _off_loop(codecs.decode_images, files, *limits)
+        return images, {"top_k": top_k} if top_k else None
     raise UnsupportedMediaType(
-        f"content type {kind or '(none)'!r} is not accepted; send application/json, "
+        f"content type {clip(kind) or '(none)'!r} is not accepted; send application/json, "
         f"application/x-npy, image/* or multipart/form-data", field="Content-Type")
 
 
 async def predict(request: Request, name: str, version: str | None = None) -> Response:
-    timer = Timer(PLANE.metrics, "predict", name)
+    timer = Timer(PLANE.metrics, "predict")
     try:
         loaded = PLANE.select(name, version, request.headers)
-        timer.version = loaded.version
+        timer.answered_by(loaded)
         spec = loaded.spec
         if spec.kind == "text":
             raise InvalidInput(f"{name} generates text: POST /v1/models/{name}/generate or /next",
@@ -112,10 +166,10 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
 
 
 async def _text_request(request: Request, name: str, version: str | None, endpoint: str) -> Response:
-    timer = Timer(PLANE.metrics, endpoint, name)
+    timer = Timer(PLANE.metrics, endpoint)
     try:
         loaded = PLANE.select(name, version, request.headers)
-        timer.version = loaded.version
+        timer.answered_by(loaded)
         if loaded.spec.kind != "text":
             raise InvalidInput(f"{name} is not a text model: POST /v1/models/{name}/predict",
                                field="path")
@@ -126,14 +180,12 @@ async def _text_request(request: Request, name: str, version: str | None, endpoi
         if not isinstance(payload, dict):
             raise InvalidInput("expected a JSON object with 'prompt'", field="body")
         prompt = payload.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
+        if not isinstance(prompt, str):
             raise InvalidInput("prompt must be a non-empty string", field="prompt")
-        if len(prompt) > cfg.max_prompt_chars:
-            raise InvalidInput(f"prompt has {len(prompt)} characters; the limit is "
-                               f"{cfg.max_prompt_chars}", field="prompt")
         vocab = len(loaded.vocab) - 1
         if endpoint == "generate":
             n = codecs.number_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars)
+            textgen.check_work([prompt], n, cfg)
             temperature = codecs.number_field(payload, "temperature", 1.0, float, 0.0, 5.0,
                                       inclusive_low=False)
             top_k = codecs.number_field(payload, "top_k", None, int, 1, vocab)
@@ -142,6 +194,7 @@ async def _text_request(request: Request, name: str, version: str | None, endpoi
             content = {"model": name, "version": loaded.version, "prompt": prompt, "text": text,
                        "unknown_chars": unknown}
         else:
+            textgen.check_work([prompt], 0, cfg)
             top_k = codecs.number_field(payload, "top_k", 5, int, 1, vocab)
             dist, unknown = await textgen.next_distribution(loaded, prompt, top_k)
             content = {"model": name, "version": loaded.version, "prompt": prompt,
@@ -264,14 +317,24 @@ def create_hot_app() -> Starlette:
                    Route(f"/v1{base}/generate", _plain(generate), methods=["POST"]),
                    Route(f"/v1{base}/next", _plain(next_chars), methods=["POST"]),
                    Route(f"/v2{base}/infer", _plain(protocol.infer), methods=["POST"])]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
 def create_app() -> FastAPI:
     from services import admin, protocol
 
     app = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(build_router())
-    app.include_router(protocol.build_router())
-    app.include_router(admin.build_router())
+    for router in (build_router(), protocol.build_router(), admin.build_router()):
+        _answer_head(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
+    app.add_exception_handler(HTTPException, http_error)
     return app
+
+
+def _answer_head(router: APIRouter) -> None:
+    """HEAD on every GET route, as Starlette's own routes answer it (FastAPI's do not); the
+    copies stay out of the OpenAPI page."""
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            router.add_api_route(route.path.removeprefix(router.prefix), route.endpoint,
+                                 methods=["HEAD"], include_in_schema=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +94,8 @@ def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
         if batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InvalidInput("integer pixels must be in 0–255", field=field)
         return batch.astype(np.float32) * np.float32(1 / 255)
-    out = batch.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused next
+        out = batch.astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         raise InvalidInput("pixels contain NaN or infinity", field=field)
     if out.size and (out.min() < 0.0 or out.max() > 1.0):
@@ -118,41 +118,77 @@ def decode_json_images(value: Any, max_items: int, field: str = "instances") -> 
     return normalize_pixels(_as_mnist_batch(array, field, max_items), field)
 
 
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def decode_npy(body: bytes, max_items: int) -> np.ndarray:
+    """An ``.npy`` body → a checked batch, without pickle and without allocating: the declared
+    shape and dtype are checked against the body's length and the item limit first, then the
+    array is a view of the body (``np.load`` would allocate whatever the header declares)."""
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as exc:
+        version = np.lib.format.read_magic(stream)
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            raise InvalidInput(f"unsupported .npy format version {version}; send version 1.0 or 2.0",
+                               field="body")
+        shape, fortran, dtype = read_header(stream)
+    except InvalidInput:
+        raise
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise InvalidInput(f"not a valid .npy array: {exc}", field="body") from None
-    except (OSError, EOFError) as exc:
-        raise InvalidInput(f"truncated or malformed .npy body: {exc}", field="body") from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidInput("the body must hold one .npy array, not an archive", field="body")
+    if dtype.hasobject:
+        raise InvalidInput("object arrays are not accepted (no pickle); send numbers", field="body")
+    if shape and shape[0] > max_items:
+        raise PayloadTooLarge(f"{shape[0]} images in one request; the limit is {max_items}",
+                              field="body")
+    data = memoryview(body)[stream.tell():]
+    needed = math.prod(shape) * dtype.itemsize
+    if needed != len(data):
+        raise InvalidInput(f"the .npy header declares shape {list(shape)} of {dtype} ({needed} bytes) "
+                           f"but the body holds {len(data)} bytes of data", field="body")
+    array = np.frombuffer(data, dtype=dtype)
+    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
     return normalize_pixels(_as_mnist_batch(array, "body", max_items), "body")
 
 
 # ------------------------------------------------------------------------------------- images
 
+# Larger images are shrunk to this side before preprocessing (JPEGs are decoded at a reduced
+# scale outright): an MNIST digit ends up 20 pixels tall, so more detail only costs memory and
+# time — a 4096×4096 RGBA image would otherwise reach the preprocessing as 64 MB of pixels.
+WORK_SIDE = 1024
+
+
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode an image fully, refusing non-images, truncated files and decompression bombs."""
+    """An image opened lazily — its header read, nothing decoded — refusing non-images and
+    declared sizes over ``max_pixels`` (decompression bombs)."""
     if not data:
         raise InvalidInput(f"{name}: empty file", field=name)
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard, at our limit
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard (it refuses twice this in open())
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"{name}: {width}×{height} = {width * height} pixels exceeds "
-                                      f"the {max_pixels}-pixel limit", field=name)
-            image.load()
-    except PayloadTooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{name}: the declared size exceeds the {max_pixels}-pixel limit; "
                               f"decompression bomb refused ({exc})", field=name) from None
     except UnidentifiedImageError:
         raise InvalidInput(f"{name}: not an image Pillow can read", field=name) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"{name}: truncated or corrupt image ({exc})", field=name) from None
+    width, height = image.size
+    if not width or not height:
+        raise InvalidInput(f"{name}: the image is {width}×{height}: no pixels", field=name)
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"{name}: {width}×{height} = {width * height} pixels exceeds the "
+                              f"{max_pixels}-pixel limit (max_image_pixels)", field=name)
+    return image
+
+
+def load_image(image: Image.Image, name: str) -> Image.Image:
+    """Decode an opened image, at most ``WORK_SIDE`` pixels a side, in its own mode."""
+    try:
+        image.thumbnail((WORK_SIDE, WORK_SIDE))  # decodes; shrinks only when larger
+        image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"{name}: truncated or corrupt image ({exc})", field=name) from None
     return image
@@ -212,13 +248,23 @@ def _center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: int) -> np.ndarray:
+def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: int,
+                  max_request_pixels: int) -> np.ndarray:
+    """Image files → a float32 [N, 1, 28, 28] batch. Every header is read first: the request's
+    declared pixels in all must fit ``max_request_pixels`` before any image is decoded. CPU-bound:
+    the service runs it in its decode pool, off the event loop."""
     if not files:
         raise InvalidInput("no image in the request", field="images")
     if len(files) > max_items:
         raise PayloadTooLarge(f"{len(files)} images in one request; the limit is {max_items}",
                               field="images")
-    return np.stack([mnist_from_image(open_image(data, name, max_pixels)) for name, data in files])
+    images = [(name, open_image(data, name, max_pixels)) for name, data in files]
+    total = sum(image.width * image.height for _, image in images)
+    if total > max_request_pixels:
+        raise PayloadTooLarge(f"{len(images)} images of {total} pixels in all exceed the "
+                              f"{max_request_pixels}-pixel budget of one request "
+                              f"(max_request_pixels)", field="images")
+    return np.stack([mnist_from_image(load_image(image, name)) for name, image in images])
 
 
 # --------------------------------------------------------------------------------------- text

@@ -52,6 +52,20 @@ class ServeConfig(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=784)
     max_prompt_chars: int = Field(2000, ge=1)
     max_new_chars: int = Field(2000, ge=1)
+    # --- issue 10, request side (engineer "req"): work and decode bounds per request --------
+    max_request_pixels: int = Field(
+        4096 * 4096, ge=784, description="declared pixels of all images of one request, checked "
+                                         "from their headers before any is decoded; more → 413")
+    decode_threads: int = Field(
+        0, ge=0, description="threads decoding images off the event loop; 0 = auto: all cores "
+                             "but one (1 on a 2-core machine)")
+    max_request_prompt_chars: int = Field(
+        8192, ge=1, description="char-rnn: prompt characters of one request, all prompts "
+                                "together; more → 413")
+    max_request_generated_chars: int = Field(
+        8192, ge=1, description="char-rnn: characters one request may generate (prompts × "
+                                "max_new_chars); more → 413")
+    # --- end of issue 10, request side --------------------------------------------------------
     top_k_default: int = Field(3, ge=1, le=10)
     admin_token: str | None = Field(None, description="bearer token for /admin; unset = admin off")
     rollout_state: str = Field("", description="rollout state file; default BENTOML_HOME/podium-rollout.json")
@@ -78,6 +92,10 @@ class ServeConfig(BaseModel):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) - 1)
+
+    def image_decode_threads(self) -> int:
+        """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
+        return self.decode_threads or max(1, (os.cpu_count() or 1) - 1)
 
     def max_batch(self, name: str) -> int:
         return self.max_batch_size.get(name, DEFAULT_MAX_BATCH.get(name, 64))

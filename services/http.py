@@ -8,10 +8,12 @@ import time
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.errors import InvalidInput, PayloadTooLarge, PodiumError
+from services.errors import InvalidInput, PayloadTooLarge, PodiumError, clip
+from services.metrics import UNKNOWN
 
 log = logging.getLogger("podium.http")
 
@@ -68,19 +70,48 @@ def error_response(exc: Exception) -> JSON:
     return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
+# Documented on every Podium route (OpenAPI): every 4xx/5xx body is this object.
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string", "description": "what was wrong, naming the field"},
+    "field": {"type": "string", "description": "the field, header or tensor that was wrong"}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for code, what in (("4XX", "the client's mistake, named"), ("5XX", "overloaded, loading or failed"))}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """The routing layer's own errors (a 405 for a method a Podium route does not take) in
+    Podium's JSON shape; registered on both of the service's apps."""
+    assert isinstance(exc, HTTPException)
+    message = str(exc.detail)
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed:
+        message = f"method {clip(request.method)} is not allowed here; allowed: {allowed}"
+    return JSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 def versioned(content: dict[str, Any], name: str, version: str, status: int = 200) -> JSON:
     return JSON(content, status_code=status, headers={MODEL_HEADER: name, VERSION_HEADER: version})
 
 
 class Timer:
-    """Records one request in the metrics: model, version, endpoint, status and latency."""
+    """Records one request in the metrics: model, version, endpoint, status and latency.
 
-    def __init__(self, metrics: Any, endpoint: str, model: str) -> None:
-        self.metrics, self.endpoint, self.model = metrics, endpoint, model
-        self.version = ""
+    The model and version labels come only from the version that answered (``answered_by``); a
+    request no loaded version answered — an unknown name or version in the URL — is counted
+    under ``UNKNOWN``, so clients cannot mint new series (at most models × versions × endpoints ×
+    Podium's fixed set of statuses).
+    """
+
+    def __init__(self, metrics: Any, endpoint: str) -> None:
+        self.metrics, self.endpoint = metrics, endpoint
+        self.model = self.version = UNKNOWN
         self.started = time.perf_counter()
+
+    def answered_by(self, loaded: Any) -> None:
+        self.model, self.version = loaded.name, loaded.version
 
     def done(self, status: int) -> None:
         if self.metrics is not None:
-            self.metrics.observe_request(self.model, self.version or "none", self.endpoint,
-                                         status, time.perf_counter() - self.started)
+            self.metrics.observe_request(self.model, self.version, self.endpoint, status,
+                                         time.perf_counter() - self.started)

@@ -2,7 +2,9 @@
 BentoML's multiprocess set-up, so every worker's samples are merged).
 
 Names follow Triton's and BentoML's habits: request counts by status, latency, and the batch
-sizes actually formed (average batch = inference items ÷ executions).
+sizes actually formed (average batch = inference items ÷ executions). Label values come only from
+loaded versions, Podium's endpoint names and its fixed set of statuses — never from what a client
+typed — so the number of series is bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+# The model/version label of a request no loaded version answered (an unknown name in the URL).
+UNKNOWN = "unknown"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)

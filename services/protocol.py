@@ -146,19 +146,12 @@ class TextAdapter(Adapter):
         cfg = PLANE.config
         prompts = inputs["prompt"]
         _batch_size(prompts.size, "prompts")
-        texts = []
-        for raw in prompts.ravel():
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                raise InvalidInput("input 'prompt' is not valid UTF-8", field="prompt") from None
-            if not text:
-                raise InvalidInput("input 'prompt': every prompt must be non-empty", field="prompt")
-            if len(text) > cfg.max_prompt_chars:
-                raise InvalidInput(f"input 'prompt': a prompt has {len(text)} characters; the limit "
-                                   f"is {cfg.max_prompt_chars}", field="prompt")
-            texts.append(text)
+        try:
+            texts = [raw.decode() for raw in prompts.ravel()]
+        except UnicodeDecodeError:
+            raise InvalidInput("input 'prompt' is not valid UTF-8", field="prompt") from None
         n = codecs.number_field(parameters, "max_new_chars", 200, int, 1, cfg.max_new_chars)
+        textgen.check_work(texts, n, cfg)
         temperature = codecs.number_field(parameters, "temperature", 1.0, float, 0.0, 5.0,
                                   inclusive_low=False)
         top_k = codecs.number_field(parameters, "top_k", None, int, 1, len(loaded.vocab) - 1)
@@ -213,11 +206,11 @@ def _wanted(adapter: Adapter, name: str, request: oip_codec.Request) -> dict[str
 
 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    timer = Timer(PLANE.metrics, "infer", name)
+    timer = Timer(PLANE.metrics, "infer")
     loaded = None
     try:
         loaded = PLANE.select(name, version, request.headers)
-        timer.version = loaded.version
+        timer.answered_by(loaded)
         limit = PLANE.config.max_request_bytes
         body = oip_codec.decompress(await read_body(request, limit),
                                     request.headers.get("content-encoding"), limit)

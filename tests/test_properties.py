@@ -1,0 +1,271 @@
+"""Property tests (hypothesis) for the edge codecs: whatever bytes or JSON a client sends,
+``services.codecs`` and ``services.oip_codec`` return a result or raise a ``PodiumError`` (a 4xx),
+never another exception — and what they accept, they decode like NumPy would.
+
+Derandomized: the same examples every run, so CI is reproducible; raise ``max_examples`` locally
+to search further.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from services import codecs, oip_codec, textgen
+from services.config import ServeConfig
+from services.errors import PayloadTooLarge, PodiumError, clip
+
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MAX_ITEMS = 64
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=6),
+    max_leaves=20)
+
+
+def _accepts_or_4xx(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or None when it refused with a client error; anything else fails."""
+    try:
+        return fn(*args)
+    except PodiumError as exc:
+        assert 400 <= exc.status < 500, exc
+        assert exc.message and len(exc.message) <= 1000
+        return None
+
+
+# ------------------------------------------------------------------------------------ .npy
+
+MNIST_SHAPES = st.sampled_from([(1, 28, 28), (3, 28, 28), (2, 1, 28, 28), (2, 784), (1, 783),
+                                (0, 784), (28, 28), (784,), ()])
+NPY_DTYPES = st.sampled_from(["u1", "<f4", ">f4", "<f8", "<i2", ">u2", "?", "<c8", "<U1"])
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@SETTINGS
+@given(hnp.arrays(NPY_DTYPES, MNIST_SHAPES), st.booleans())
+def test_npy_decodes_like_numpy_or_refuses(array: np.ndarray, fortran: bool) -> None:
+    if fortran and array.ndim > 1:
+        array = np.asfortranarray(array)
+    body = _npy(array)
+    got = _accepts_or_4xx(codecs.decode_npy, body, MAX_ITEMS)
+    if got is not None:
+        expected = codecs.normalize_pixels(np.load(io.BytesIO(body)).reshape(-1, 1, 28, 28), "body")
+        np.testing.assert_array_equal(got, expected)
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_npy_any_bytes(body: bytes) -> None:
+    _accepts_or_4xx(codecs.decode_npy, body, MAX_ITEMS)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 2**62), max_size=4), st.sampled_from(["<f4", "|u1", "<f8", "|O"]),
+       st.binary(max_size=200))
+def test_npy_any_declared_shape_never_allocates_it(shape: list[int], descr: str, tail: bytes) -> None:
+    """The declared shape may be anything (10^18 items): refused from the header and the body's
+    length, never allocated (a MemoryError or a hang here fails the test)."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)}, }}"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + tail
+    _accepts_or_4xx(codecs.decode_npy, body, MAX_ITEMS)
+
+
+# ------------------------------------------------------------------------- JSON tensors, rows
+
+@SETTINGS
+@given(json_values)
+def test_json_images_any_json(value: Any) -> None:
+    _accepts_or_4xx(codecs.decode_json_images, value, MAX_ITEMS)
+
+
+@SETTINGS
+@given(hnp.arrays(st.sampled_from(["<i2", "<f4", "<i8"]), MNIST_SHAPES,
+                  elements={"min_value": -2, "max_value": 300}))
+def test_json_images_tensors(array: np.ndarray) -> None:
+    got = _accepts_or_4xx(codecs.decode_json_images, array.tolist(), MAX_ITEMS)
+    if got is not None:
+        assert got.dtype == np.float32 and got.shape[1:] == (1, 28, 28)
+        assert got.min() >= 0 and got.max() <= 1
+
+
+@SETTINGS
+@given(json_values | st.lists(st.lists(st.integers(-5, 5) | st.floats(allow_nan=False), max_size=9),
+                              max_size=4))
+def test_rows_any_json(value: Any) -> None:
+    got = _accepts_or_4xx(codecs.decode_rows, value, MAX_ITEMS)
+    if got is not None:
+        assert got.shape == (len(value), 8) and np.isfinite(got).all()
+
+
+@SETTINGS
+@given(json_values, st.sampled_from([int, float]))
+def test_number_field_any_json(value: Any, kind: type) -> None:
+    got = _accepts_or_4xx(codecs.number_field, {"x": value}, "x", 1, kind, 0, 100)
+    if got is not None:
+        assert isinstance(got, kind) and 0 <= got <= 100
+
+
+# ----------------------------------------------------------------------------------- images
+
+def _image_bytes(mode: str, size: tuple[int, int], fmt: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+# Every mode each format can store (Pillow refuses the other pairs).
+FORMAT_MODES = {"PNG": "L RGB RGBA LA P 1 I;16", "TIFF": "L RGB RGBA 1 I F P CMYK", "BMP": "L RGB P 1",
+                "GIF": "L P", "WEBP": "RGB RGBA", "JPEG": "L RGB CMYK"}
+IMAGES = st.sampled_from([(f, m) for f, modes in FORMAT_MODES.items() for m in modes.split()]).flatmap(
+    lambda pair: st.builds(_image_bytes, st.just(pair[1]), st.tuples(st.integers(1, 40), st.integers(1, 40)),
+                           st.just(pair[0]), st.integers(0, 9)))
+
+
+def _mangle(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data[:max(1, cut)])
+    for at, value in flips:
+        out[at % len(out)] = value
+    return bytes(out)
+
+
+@SETTINGS
+@given(IMAGES)
+def test_images_any_format_and_mode(data: bytes) -> None:
+    got = _accepts_or_4xx(codecs.decode_images, [("img", data)], MAX_ITEMS, 4096**2, 4096**2)
+    if got is not None:
+        assert got.shape == (1, 1, 28, 28) and got.dtype == np.float32
+
+
+@SETTINGS
+@given(IMAGES, st.integers(0, 4000), st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)),
+                                              max_size=4))
+def test_images_truncated_or_corrupt(data: bytes, cut: int, flips: list[tuple[int, int]]) -> None:
+    _accepts_or_4xx(codecs.decode_images, [("img", _mangle(data, cut, flips))], MAX_ITEMS,
+                    4096**2, 4096**2)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_images_any_bytes(data: bytes) -> None:
+    _accepts_or_4xx(codecs.decode_images, [("img", data)], MAX_ITEMS, 4096**2, 4096**2)
+
+
+def test_request_pixel_budget_counts_every_image() -> None:
+    files = [(f"i{n}", _image_bytes("L", (20, 20), "PNG", n)) for n in range(3)]
+    assert codecs.decode_images(files, MAX_ITEMS, 400, 1200).shape == (3, 1, 28, 28)
+    with pytest.raises(PayloadTooLarge, match="1200 pixels in all exceed the 1199-pixel budget"):
+        codecs.decode_images(files, MAX_ITEMS, 400, 1199)
+    with pytest.raises(PayloadTooLarge, match="max_image_pixels"):
+        codecs.decode_images(files, MAX_ITEMS, 399, 10**6)
+
+
+# ---------------------------------------------------------------------- Open Inference Protocol
+
+OIP_DTYPES = st.sampled_from(list(oip_codec.DTYPES) + ["FP8", None, 3])
+tensors = st.fixed_dictionaries(
+    {"name": st.text(max_size=6) | st.integers(), "datatype": OIP_DTYPES,
+     "shape": st.lists(st.integers(-1, 6) | st.booleans(), max_size=3) | json_values},
+    optional={"data": json_values | st.lists(st.integers(-300, 300) | st.floats(), max_size=12),
+              "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-1, 64)}) | json_values})
+oip_requests = st.fixed_dictionaries(
+    {"inputs": st.lists(tensors, max_size=3) | json_values},
+    optional={"id": json_values, "parameters": json_values,
+              "outputs": st.lists(st.fixed_dictionaries({"name": st.text(max_size=4)},
+                                                        optional={"parameters": json_values}),
+                                  max_size=2) | json_values})
+
+
+@SETTINGS
+@given(oip_requests, st.binary(max_size=64), st.booleans())
+def test_oip_any_request(payload: dict[str, Any], tail: bytes, binary: bool) -> None:
+    header = json.dumps(payload).encode()
+    body, length = (header + tail, str(len(header))) if binary else (header, None)
+    got = _accepts_or_4xx(oip_codec.decode_request, body, length)
+    if got is not None:
+        for tensor in got.inputs.values():
+            assert isinstance(tensor.array, np.ndarray)
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.none() | st.text(max_size=6) | st.integers(-5, 400).map(str))
+def test_oip_any_bytes(body: bytes, length: str | None) -> None:
+    _accepts_or_4xx(oip_codec.decode_request, body, length)
+
+
+@SETTINGS
+@given(hnp.arrays(st.sampled_from(["<f4", "u1", "<i8", "?", "<f2"]),
+                  hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)))
+def test_oip_binary_round_trip(array: np.ndarray) -> None:
+    """An output encoded binary decodes back, as an input, to the same tensor."""
+    body, length = oip_codec.encode_response({}, [("t", array, True)])
+    entry = json.loads(body[:length])["outputs"][0]
+    request = {"inputs": [{**entry, "parameters": entry["parameters"]}]}
+    header = json.dumps(request).encode()
+    decoded = oip_codec.decode_request(header + body[length:], str(len(header)))
+    np.testing.assert_array_equal(decoded.inputs["t"].array, array)
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.sampled_from(["gzip", "deflate", "br", "identity", ""]),
+       st.booleans())
+def test_decompress_any_body(body: bytes, encoding: str, valid: bool) -> None:
+    if valid:
+        body = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    got = _accepts_or_4xx(oip_codec.decompress, body, encoding, 256)
+    if got is not None:
+        assert len(got) <= 256
+
+
+# ------------------------------------------------------------------------------ char-rnn, errors
+
+@SETTINGS
+@given(hnp.arrays("<f4", st.integers(2, 70), elements={"min_value": -1e4, "max_value": 1e4}),
+       st.floats(min_value=5e-324, max_value=5.0), st.none() | st.integers(1, 70))
+def test_sampling_distribution_is_finite_for_any_temperature(logits: np.ndarray, temperature: float,
+                                                             top_k: int | None) -> None:
+    probs = textgen._distribution(logits, temperature, top_k)
+    assert np.isfinite(probs).all() and probs[0] == 0
+    assert abs(probs.sum() - 1) < 1e-9
+
+
+def test_tiny_temperature_is_greedy() -> None:
+    probs = textgen._distribution(np.array([9.0, 50.0, 10.0, -5.0], np.float32), 1e-308, None)
+    assert probs.tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_work_bounds_name_their_setting() -> None:
+    cfg = ServeConfig(max_prompt_chars=10, max_request_prompt_chars=20, max_request_generated_chars=30)
+    textgen.check_work(["a" * 10, "b" * 10], 15, cfg)  # exactly at every bound
+    with pytest.raises(PayloadTooLarge, match="max_request_prompt_chars"):
+        textgen.check_work(["a" * 10, "b" * 10, "c"], 1, cfg)
+    with pytest.raises(PayloadTooLarge, match="max_request_generated_chars"):
+        textgen.check_work(["a", "b"], 16, cfg)
+    with pytest.raises(PodiumError, match="max_prompt_chars"):
+        textgen.check_work(["a" * 11], 1, cfg)
+
+
+@given(st.text(max_size=3000), st.integers(2, 200))
+def test_clip_bounds_any_string(text: str, limit: int) -> None:
+    out = clip(text, limit)
+    assert len(out) <= limit and (out == text or out.endswith("…"))
