@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from models.artifacts import StoredVersion, get_version
 from models.catalog import ModelSpec, get_spec
 from services.batcher import Batcher
 from services.config import ServeConfig
-from services.errors import Conflict, ModelNotFound, ModelNotReady
+from services.errors import ModelNotFound, ModelNotReady
 from services.runtimes import Runtime, load_runtime
 
 log = logging.getLogger("podium.repository")
@@ -83,9 +85,14 @@ class Repository:
         self.config = config
         self.metrics = metrics
         self.loaded: dict[str, dict[str, LoadedVersion]] = {}
-        self.stable: dict[str, str] = {}
+        self._stable: dict[str, str] = {}  # the one owner of "stable" in this worker
         self.ready = False
         self._lock = threading.Lock()
+
+    @property
+    def stable(self) -> Mapping[str, str]:
+        """Model → the version that answers requests naming none (read-only: see set_stable)."""
+        return MappingProxyType(self._stable)
 
     # -- loading ------------------------------------------------------------------------------
     def load_all(self) -> None:
@@ -95,7 +102,7 @@ class Repository:
             for i, version in enumerate(versions):
                 loaded = self.load_version(name, version)
                 if i == 0:
-                    self.stable[name] = loaded.version
+                    self.set_stable(name, loaded.version)
         self.ready = True
         log.info("ready: %d model(s), %d version(s) loaded and warm in %.2fs",
                  len(self.stable), sum(len(v) for v in self.loaded.values()),
@@ -143,13 +150,37 @@ class Repository:
         except BentoMLException as exc:
             raise ModelNotFound(f"{name}:{version}: {exc}") from None
 
-    def unload(self, name: str, version: str) -> None:
+    def set_stable(self, name: str, version: str) -> None:
+        """Make the loaded ``name:version`` the version that answers by default."""
         with self._lock:
-            if self.stable.get(name) == version:
-                raise Conflict(f"{name}:{version} is the stable version; promote another first")
-            loaded = self.loaded.get(name, {}).pop(version, None)
-        if loaded is not None:
-            loaded.batcher.close()
+            if version not in self.loaded.get(name, {}):
+                raise ModelNotFound(f"{name}:{version} is not loaded")
+            self._stable[name] = version
+
+    def retain(self, name: str, keep: Iterable[str]) -> list[str]:
+        """Unload every version of ``name`` but ``keep``, the stable one and the pinned ones.
+
+        An unloaded version leaves the table at once (no new request selects it) and its batcher
+        closes after a drain of ``max_latency_ms`` plus a second, by when every request queued
+        before has been answered (or has timed out), so memory stays bounded to the versions a
+        rollout needs."""
+        with self._lock:
+            wanted = {*keep, *self.config.pinned(name), self._stable.get(name)}
+            versions = self.loaded.get(name, {})
+            gone = [versions.pop(v) for v in list(versions) if v not in wanted]
+        if gone:
+            drain_s = self.config.max_latency_ms / 1000 + 1.0
+            timer = threading.Timer(drain_s, lambda: [v.batcher.close() for v in gone])
+            timer.daemon = True
+            timer.start()
+            log.info("unloading %s (drained in %.1fs)", ", ".join(v.stored.tag for v in gone),
+                     drain_s)
+        return [v.version for v in gone]
+
+    def resolve(self, name: str, version: str) -> str:
+        """The full stored version ``version`` names (``latest``, a unique prefix or itself);
+        404 when it names no version of ``name``."""
+        return self._find(name, version).version
 
     # -- resolving ----------------------------------------------------------------------------
     def model(self, name: str) -> dict[str, LoadedVersion]:

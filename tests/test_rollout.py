@@ -4,6 +4,7 @@ candidate, refusal of a corrupted one, the admin token, the CLI, several workers
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from models.artifacts import sha256_file
 from services.launch import serve
-from services.rollout import Limits, StateStore, compare, sticky_fraction
+from services.rollout import FileStore, Limits, compare, sticky_fraction
 from tests.conftest import ROOT, TINY, run_podium
 
 TOKEN = "test-admin-token"
@@ -212,14 +213,15 @@ def test_limits_validation() -> None:
             base.updated(bad)
 
 
-def test_state_store_is_atomic_and_untouched_on_refusal(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.json")
-    with store.transaction() as state:
-        state["models"]["m"] = {"stable": "a"}
-    with pytest.raises(RuntimeError), store.transaction() as state:
-        state["models"]["m"]["stable"] = "b"
-        raise RuntimeError("refused")
-    assert store.read()["models"]["m"]["stable"] == "a" and store.read()["revision"] == 1
+def test_file_store_swaps_on_revision_only(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    assert store.read() is None
+    assert store.swap(0, {"revision": 1, "models": {}})
+    assert not store.swap(0, {"revision": 1, "models": {"m": {}}})  # a lost race changes nothing
+    assert not store.swap(None, {"revision": 9, "models": {}})  # only an unreadable state is replaced
+    assert json.loads(store.read()) == {"revision": 1, "models": {}}
+    (tmp_path / "state.json").write_text("{damaged")
+    assert store.swap(None, {"revision": 2, "models": {}})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
