@@ -2,19 +2,23 @@
 
     PODIUM_ADMIN_TOKEN=secret locust -f loadtests/rollout_locust.py --headless -u 16 -r 16 \
         --host http://127.0.0.1:3000 --candidate VERSION [--model diabetes] [--percent 20] \
-        [--phase-s 10] [--settle-s 1]
+        [--phase-s 10] [--settle-s 1] [--replicas URL,URL,...]
 
 ``Predictor`` users send predictions throughout. One ``Operator`` walks the rollout through the
 admin API — steady → canary at ``--percent`` → shadow → promote → rollback — each phase
 ``--phase-s`` long, then ends the run. A prediction fails unless it is a 200 whose body and
 ``Podium-Model-Version`` header name a version that was legitimately serving when it was sent or
 answered (a change's new version from the moment the admin call is sent; the old one until the
-call returned plus ``--settle-s``, the time every worker has to follow). At the end the candidate's
-measured canary share is printed and the process exits 1 unless there were no failures.
+call returned plus ``--settle-s``, the time every worker has to follow). With ``--replicas``
+(several servers on one shared rollout store, as behind a load balancer) the predictors are
+spread over them round-robin while the operator drives ``--host``: a change made on one replica
+must reach the others within ``--settle-s``. At the end the candidate's measured canary share is
+printed and the process exits 1 unless there were no failures.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -60,6 +64,7 @@ class Timeline:
 
 
 TIMELINE = Timeline()
+_REPLICA = itertools.count()
 
 
 @events.init_command_line_parser.add_listener
@@ -74,6 +79,9 @@ def _arguments(parser: Any) -> None:
                         help="seconds the workers may take to follow a change")
     parser.add_argument("--admin-token", default=os.environ.get("PODIUM_ADMIN_TOKEN", ""),
                         help="admin token (default: $PODIUM_ADMIN_TOKEN)")
+    parser.add_argument("--replicas", default="",
+                        help="comma-separated replica URLs the predictors spread over "
+                             "(default: --host only)")
 
 
 class Predictor(HttpUser):
@@ -84,6 +92,9 @@ class Predictor(HttpUser):
         opts = self.environment.parsed_options
         self.model = opts.model
         self.body = PAYLOADS["diabetes" if opts.model == "diabetes" else "mnist"]
+        replicas = [u for u in opts.replicas.split(",") if u]
+        if replicas:
+            self.client.base_url = replicas[next(_REPLICA) % len(replicas)]
         while not TIMELINE.spans:  # the operator has read the stable version
             gevent.sleep(0.05)
 

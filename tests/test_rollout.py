@@ -342,10 +342,14 @@ def test_cli(server, versions: dict[str, Any]) -> None:
                                "--token", token, *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
 
-    start = cli("start", "diabetes", versions["v2"], "--percent", "5")
+    start = cli("start", "diabetes", versions["v2"][:6], "--percent", "5", "--wait")
     assert start.returncode == 0 and "canary 5%" in start.stdout, start.stderr
+    assert "applied by 1 worker(s)" in start.stdout and versions["v2"] in start.stdout  # prefix resolved
     status = cli("status", "diabetes")
     assert status.returncode == 0 and versions["v2"] in status.stdout and "candidate" in status.stdout
+    assert "revision" in status.stdout and "worker" in status.stdout
+    analysis = cli("analysis", "diabetes")
+    assert analysis.returncode == 0 and "pending" in analysis.stdout, analysis.stdout
     rollback = cli("rollback", "diabetes", "--reason", "cli test")
     assert rollback.returncode == 0 and "stable " + versions["v1"] in rollback.stdout
     bad = cli("status", token="wrong")
