@@ -45,11 +45,16 @@ class Timeline:
         self._lock = threading.Lock()
 
     def begin(self, allowed: set[str]) -> None:
-        self.spans = [[0.0, float("inf"), set(allowed)]]
+        self.spans = [[time.monotonic() - 3600, float("inf"), set(allowed)]]
 
-    def change(self, allowed: set[str], sent: float, returned: float, settle: float) -> None:
-        self.spans[-1][1] = returned + settle
+    def sent(self, allowed: set[str], sent: float) -> None:
+        """A change is on its way: its versions may answer from now on (checks run while the
+        admin call is in flight, so the new set must be known before it returns)."""
         self.spans.append([sent, float("inf"), set(allowed)])
+
+    def returned(self, until: float) -> None:
+        """The change returned: the versions before it may answer until ``until``."""
+        self.spans[-2][1] = until
 
     def legitimate(self, version: str, sent: float, answered: float) -> bool:
         return any(version in ok and sent <= end and answered >= start
@@ -112,6 +117,9 @@ class Predictor(HttpUser):
                 r.failure(f"body version differs from header {version!r}")
             elif not TIMELINE.legitimate(version, sent, answered):
                 r.failure(f"answered by {version!r}, which was not serving then")
+                log.error("mislabelled: %s sent %.3f answered %.3f (s since start); spans %s",
+                          version, sent - TIMELINE.spans[0][0], answered - TIMELINE.spans[0][0],
+                          [(round(a, 3), round(b, 3), sorted(v)) for a, b, v in TIMELINE.spans])
             else:
                 TIMELINE.results.append((sent, answered, version))
 
@@ -133,9 +141,9 @@ class Operator(HttpUser):
             return r.json()
 
     def _change(self, allowed: set[str], action: str, body: dict[str, Any] | None = None) -> None:
-        sent = time.monotonic()
+        TIMELINE.sent(allowed, time.monotonic())
         self._admin("POST", action, body)
-        TIMELINE.change(allowed, sent, time.monotonic(), self.environment.parsed_options.settle_s)
+        TIMELINE.returned(time.monotonic() + self.environment.parsed_options.settle_s)
         log.info("rollout: %s done", action)
 
     @task

@@ -252,6 +252,37 @@ def test_admin_validates_input(client: httpx.Client, versions: dict[str, Any]) -
     assert rollout_status(client)["candidate"] is None
 
 
+def test_latest_prefix_and_unknown_versions(client: httpx.Client, versions: dict[str, Any],
+                                            server) -> None:
+    v1, v2 = versions["v1"], versions["v2"]
+    started = admin(client, "start", {"version": v2[:5], "percent": 0})  # a unique prefix
+    assert started["event"]["candidate"] == v2 and started["status"]["candidate"] == v2
+    admin(client, "rollback")
+    assert "not in the model store" in admin(client, "promote", {"version": "nosuch"}, 404)["error"]
+    assert rollout_status(client)["stable"] == v1  # nothing changed
+    promoted = admin(client, "promote", {"version": "latest"})  # the newest: stored as its version
+    assert promoted["event"]["to"] == v2 and promoted["status"]["stable"] == v2
+    r = client.post(PREDICT, json=ROW)
+    assert r.status_code == 200 and r.headers["podium-model-version"] == v2
+    assert client.get("/v1/models/diabetes").json()["stable"] == v2
+    admin(client, "rollback")
+    # a stored state naming no exact version (written by hand, or by an older Podium) is refused
+    path = Path(client.get("/admin/rollout", headers=AUTH).json()["store"])
+    state = json.loads(path.read_text())
+    good = json.dumps(state)
+    state["revision"] += 1
+    state["models"]["diabetes"]["stable"] = "latest"
+    path.write_text(json.dumps(state))
+    wait_for(lambda: "'latest' is not a full version of diabetes" in server.logs(), timeout=10)
+    r = client.post(PREDICT, json=ROW)
+    assert r.status_code == 200 and r.headers["podium-model-version"] == v1
+    info = client.get("/v1/models/diabetes")
+    assert info.status_code == 200 and info.json()["stable"] == v1
+    state = json.loads(good)
+    state["revision"] += 2
+    path.write_text(json.dumps(state))  # repaired: the next revision applies again
+
+
 def test_canary_promote_rollback_under_load(server, client: httpx.Client,
                                             versions: dict[str, Any]) -> None:
     v1, v2 = versions["v1"], versions["v2"]

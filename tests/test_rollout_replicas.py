@@ -167,7 +167,7 @@ def test_redis_outage_and_restart(clients, versions: dict[str, Any], redis: Redi
         assert r.status_code == 200 and "error" in r.json()
         time.sleep(max(0.0, GRACE_S + 0.5 - (time.monotonic() - stopped)))
         assert {version_of(c) for c in (ca, cb) for _ in range(20)} == {v1}  # everything stable
-        assert httpx.get(f"{ca.base_url}readyz").status_code == 200
+        assert ca.get("/readyz").status_code == 200
     finally:
         redis.start()
     # the state survived in the append-only file; both replicas resume the canary

@@ -176,7 +176,17 @@ class StubRepository:
         return matches[0]
 
     def load_version(self, name: str, version: str) -> object:
+        if version.endswith("bad"):
+            raise RuntimeError("out of memory")
         return self.loaded[name].setdefault(self.resolve(name, version), object())
+
+    def get(self, name: str, version: str | None = None) -> object:
+        from services.errors import ModelNotFound
+
+        found = self.loaded[name].get(version or self.stable[name])
+        if found is None:
+            raise ModelNotFound(f"version {version!r} of model {name!r} is not loaded")
+        return found
 
     def set_stable(self, name: str, version: str) -> None:
         self.stable[name] = version
@@ -230,3 +240,16 @@ def test_rollback_works_over_a_damaged_state_and_errors_are_503(tmp_path: Path) 
     with pytest.raises(StoreUnavailable) as caught:
         unwritable.promote("m", "v2abc")
     assert caught.value.status == 503 and "cannot be written" in caught.value.message
+
+
+def test_a_candidate_that_cannot_load_counts_against_it(tmp_path: Path) -> None:
+    rollout = controller(tmp_path / "s.json", stored={"v1", "v3bad"})
+    plan = ModelRollout(stable="v1", candidate="v3bad", mode="canary", percent=100, rollout_id="r",
+                        limits=LIMITS)
+    rollout.store.swap(0, State().changed("m", plan, {"action": "start"}).to_json())
+    rollout.sync()  # another worker started it; here the candidate fails to load
+    assert rollout.plans["m"] == plan
+    for _ in range(30):
+        assert rollout.select("m", {}) is rollout.repository.loaded["m"]["v1"]  # stable answers
+    found = rollout.analysis("m")
+    assert found["verdict"] == "fail" and found["figures"]["window_errors"] == 30

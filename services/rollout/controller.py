@@ -75,6 +75,7 @@ class Rollout:
         self._outcomes: dict[tuple[str, str], Outcomes] = {}
         self._agreement: dict[str, Agreement] = {}
         self._rollout_ids: dict[str, str] = {}
+        self._unselectable: set[tuple[str, str]] = set()
         self._shadow_inflight = 0  # event loop only
         self._tasks: set[asyncio.Task] = set()
         self._stop = threading.Event()
@@ -139,12 +140,23 @@ class Rollout:
                 self._apply(state)
             self.ready.set()
 
-    def _exact(self, name: str, version: str) -> None:
-        """Load ``name:version``, refusing a name that is not exactly a stored version."""
-        full = self.repository.resolve(name, version)
-        if full != version:
-            raise ValueError(f"{version!r} is not a full version of {name} (it means {full})")
-        self.repository.load_version(name, version)
+    def _load(self, name: str, plan: ModelRollout) -> None:
+        """Load and warm every version ``plan`` names, each of which must be exactly a stored
+        version. A candidate that fails to load here does not block the plan: its share is
+        answered by stable and counted as its failures, so the verdict sees it."""
+        for version in plan.versions():
+            full = self.repository.resolve(name, version)
+            if full != version:
+                raise ValueError(f"{version!r} is not a full version of {name} (it means {full})")
+        for version in plan.versions():
+            try:
+                self.repository.load_version(name, version)
+            except Exception as exc:
+                if version != plan.candidate:
+                    raise
+                log.error("rollout: candidate %s:%s cannot load here (%s); its share is answered "
+                          "by stable and counted against it", name, version,
+                          getattr(exc, "message", exc))
 
     def _apply(self, state: State) -> None:
         plans: dict[str, ModelRollout] = {}
@@ -157,8 +169,7 @@ class Rollout:
                 plans[name] = plan
                 continue
             try:
-                for version in plan.versions():  # loaded and warm before any request sees it
-                    self._exact(name, version)
+                self._load(name, plan)  # loaded and warm before any request sees it
             except Exception as exc:
                 log.error("rollout: revision %d of %s refused: %s; %s keeps serving",
                           state.revision, name, getattr(exc, "message", exc),
@@ -204,8 +215,10 @@ class Rollout:
         try:
             return self.repository.get(name, version)
         except PodiumError as exc:
-            log.warning("rollout: candidate %s:%s cannot be selected (%s); stable answers",
-                        name, version, exc.message)
+            if (name, version) not in self._unselectable:  # once, not once per request
+                self._unselectable.add((name, version))
+                log.warning("rollout: candidate %s:%s cannot be selected (%s); stable answers",
+                            name, version, exc.message)
             self._add(name, version, 0.0, ok=False)
             return self.repository.get(name)
 
