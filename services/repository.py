@@ -7,6 +7,8 @@ created and warmed up at batch 1 and at the maximum batch. Nothing loads lazily 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -76,6 +78,17 @@ def warm_feeds(spec: ModelSpec, batch: int, arch: dict[str, Any] | None = None
     arch = arch or {}
     return {"tokens": np.ones((batch, 8), np.int64),
             "state": np.zeros((arch["layers"], batch, arch["hidden"]), np.float32)}
+
+
+def _release(versions: list[LoadedVersion]) -> None:
+    """Close drained versions and hand their memory back to the system: without the trim,
+    glibc keeps a freed session's pages in its per-thread arenas and RSS grows with every
+    version ever loaded (mnist-fc, 20 promote/rollback cycles: +57 MB without, see README)."""
+    for loaded in versions:
+        loaded.batcher.close()
+    versions.clear()  # the last references: the sessions are freed here
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Repository:
@@ -170,7 +183,7 @@ class Repository:
             gone = [versions.pop(v) for v in list(versions) if v not in wanted]
         if gone:
             drain_s = self.config.max_latency_ms / 1000 + 1.0
-            timer = threading.Timer(drain_s, lambda: [v.batcher.close() for v in gone])
+            timer = threading.Timer(drain_s, _release, args=(gone,))
             timer.daemon = True
             timer.start()
             log.info("unloading %s (drained in %.1fs)", ", ".join(v.stored.tag for v in gone),
