@@ -112,6 +112,9 @@ def _wait(args: argparse.Namespace, revision: int) -> None:
     started = time.monotonic()
     while True:
         workers = _call(args, "GET", "/admin/rollout")["workers"]
+        refused = [f"{w['worker']}: {w['refused']}" for w in workers if w.get("refused")]
+        if refused:
+            raise RolloutCliError(f"refused by {'; '.join(refused)}")
         behind = [w["worker"] for w in workers if w["revision"] < revision]
         if not behind:
             print(f"applied by {len(workers)} worker(s) in {time.monotonic() - started:.1f}s")
@@ -150,7 +153,8 @@ def _print_workers(answer: dict[str, Any]) -> None:
     print(f"store {answer['store']}, revision {answer['revision']}"
           + ("" if answer["applied_everywhere"] else " (not yet applied everywhere)"))
     for w in answer["workers"]:
-        print(f"  worker {w['worker']}: revision {w['revision']} (seen {w['age_s']:g}s ago)")
+        print(f"  worker {w['worker']}: revision {w['revision']} (seen {w['age_s']:g}s ago)"
+              + "".join(f"; refused {m}: {why}" for m, why in w.get("refused", {}).items()))
     if answer.get("error"):
         print(f"  store error: {answer['error']}")
 

@@ -225,6 +225,9 @@ def test_a_state_naming_no_exact_version_is_never_applied(tmp_path: Path) -> Non
     rollout.sync()
     assert rollout.repository.stable["m"] == "v1" and "m" not in rollout.plans
     assert rollout.state.revision == 1  # seen, refused, not retried every poll
+    (worker,) = rollout.status()["workers"]
+    assert "not a full version" in worker["refused"]["m"]
+    assert not rollout.status()["applied_everywhere"]
 
 
 def test_rollback_works_over_a_damaged_state_and_errors_are_503(tmp_path: Path) -> None:

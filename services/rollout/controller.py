@@ -67,6 +67,7 @@ class Rollout:
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.state = State()  # the last state applied here; replaced whole
         self.plans: dict[str, ModelRollout] = {}  # replaced whole: readers need no lock
+        self.refused: dict[str, str] = {}  # model → why this worker refused the stored plan
         self.ready = threading.Event()  # set once the store has been read
         self._contact = time.monotonic()  # the last successful read of the store
         self._outage: str | None = None
@@ -161,6 +162,7 @@ class Rollout:
     def _apply(self, state: State) -> None:
         plans: dict[str, ModelRollout] = {}
         switched = []
+        refused: dict[str, str] = {}
         for name, plan in state.models.items():
             if name not in self.repository.loaded:
                 continue
@@ -171,9 +173,9 @@ class Rollout:
             try:
                 self._load(name, plan)  # loaded and warm before any request sees it
             except Exception as exc:
+                refused[name] = str(getattr(exc, "message", exc))
                 log.error("rollout: revision %d of %s refused: %s; %s keeps serving",
-                          state.revision, name, getattr(exc, "message", exc),
-                          self.repository.stable[name])
+                          state.revision, name, refused[name], self.repository.stable[name])
                 if old is not None:
                     plans[name] = old
                 continue
@@ -187,6 +189,7 @@ class Rollout:
             self.repository.retain(name, plan.versions())
             log.info("rollout: %s stable=%s candidate=%s mode=%s percent=%g (revision %d)",
                      name, plan.stable, plan.candidate, plan.mode, plan.percent, state.revision)
+        self.refused = refused  # shown per worker in status: seen, but not applied
         self.state = state
 
     def _reset(self, name: str, rollout_id: str) -> None:
@@ -286,7 +289,7 @@ class Rollout:
             models.setdefault(name, {"rollout_id": ids.get(name, ""), "versions": {}})
             models[name]["agreement"] = agreed
         return {"worker": self.worker, "revision": self.state.revision, "time": time.time(),
-                "models": models}
+                "refused": self.refused, "models": models}
 
     def _beats(self) -> list[dict[str, Any]]:
         """Every live worker's heartbeat, this worker's taken fresh."""
@@ -428,10 +431,12 @@ class Rollout:
                     and "agreement" in b["models"][model]).to_json()
             models[model] = info
         workers = sorted(({"worker": b["worker"], "revision": b["revision"],
-                           "age_s": round(max(0.0, time.time() - b["time"]), 2)} for b in beats),
+                           "age_s": round(max(0.0, time.time() - b["time"]), 2),
+                           "refused": b.get("refused") or {}} for b in beats),
                          key=lambda w: w["worker"])
         return {"store": self.store.where, "revision": state.revision,
-                "applied_everywhere": all(w["revision"] == state.revision for w in workers),
+                "applied_everywhere": all(w["revision"] == state.revision and not w["refused"]
+                                          for w in workers),
                 "workers": workers, "models": models, **({"error": error} if error else {})}
 
     def analysis(self, name: str) -> dict[str, Any]:
