@@ -3,8 +3,9 @@ followed by every worker of every replica through one shared store.
 
 - ``state``: the typed state and its pure transitions (begin, promote, rollback);
 - ``router``: which side of a rollout answers a request;
-- ``judge``: outcome counts and the automatic-rollback verdict;
+- ``judge``: outcome counts (``Recorder``) and the automatic-rollback verdict over every worker;
 - ``store``: where the state lives (a file, or Redis), with compare-and-set, heartbeats, a lease;
+- ``report``: the ``status`` and ``analysis`` answers;
 - ``controller``: ``Rollout``, one worker's glue between them and the repository.
 """
 

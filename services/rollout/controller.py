@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,9 @@ from models.artifacts import CorruptVersion
 from services.config import ServeConfig
 from services.errors import Conflict, PodiumError
 from services.repository import LoadedVersion, Repository
+from services.rollout import report
 from services.rollout import state as transitions
-from services.rollout.judge import Agreement, Counts, Outcomes, Verdict, summarize, verdict
+from services.rollout.judge import Recorder, judge_beats
 from services.rollout.router import route
 from services.rollout.state import Limits, ModelRollout, State, StateInvalid
 from services.rollout.store import RolloutStore, StateUnreadable, StoreUnavailable, open_store
@@ -72,10 +72,7 @@ class Rollout:
         self._contact = time.monotonic()  # the last successful read of the store
         self._outage: str | None = None
         self._apply_lock = threading.Lock()  # one apply at a time (watcher and admin threads)
-        self._lock = threading.Lock()  # outcomes, agreement and their rollout ids
-        self._outcomes: dict[tuple[str, str], Outcomes] = {}
-        self._agreement: dict[str, Agreement] = {}
-        self._rollout_ids: dict[str, str] = {}
+        self.outcomes = Recorder()  # guarded by its own lock
         self._unselectable: set[tuple[str, str]] = set()
         self._shadow_inflight = 0  # event loop only
         self._tasks: set[asyncio.Task] = set()
@@ -185,19 +182,12 @@ class Rollout:
         for name, plan, old in switched:
             self.repository.set_stable(name, plan.stable)
             if old is None or old.rollout_id != plan.rollout_id:
-                self._reset(name, plan.rollout_id)
+                self.outcomes.reset(name, plan.rollout_id)
             self.repository.retain(name, plan.versions())
             log.info("rollout: %s stable=%s candidate=%s mode=%s percent=%g (revision %d)",
                      name, plan.stable, plan.candidate, plan.mode, plan.percent, state.revision)
         self.refused = refused  # shown per worker in status: seen, but not applied
         self.state = state
-
-    def _reset(self, name: str, rollout_id: str) -> None:
-        with self._lock:
-            for key in [k for k in self._outcomes if k[0] == name]:
-                del self._outcomes[key]
-            self._agreement.pop(name, None)
-            self._rollout_ids[name] = rollout_id
 
     def stale(self) -> bool:
         """The store has not answered for longer than the grace period."""
@@ -225,14 +215,12 @@ class Rollout:
             self._add(name, version, 0.0, ok=False)
             return self.repository.get(name)
 
-    def _add(self, name: str, version: str, seconds: float, ok: bool) -> None:
+    def _limits(self, name: str) -> Limits:
         plan = self.plans.get(name)
-        limits = plan.limits if plan is not None and plan.limits else self.defaults
-        with self._lock:
-            outcomes = self._outcomes.get((name, version))
-            if outcomes is None:
-                outcomes = self._outcomes[(name, version)] = Outcomes()
-        outcomes.add(seconds, ok, limits.max_p99_ms / 1000)
+        return plan.limits if plan is not None and plan.limits else self.defaults
+
+    def _add(self, name: str, version: str, seconds: float, ok: bool) -> None:
+        self.outcomes.add(name, version, seconds, ok, self._limits(name).max_p99_ms / 1000)
 
     def record(self, loaded: LoadedVersion, seconds: float, ok: bool) -> None:
         self._add(loaded.name, loaded.version, seconds, ok)
@@ -248,8 +236,7 @@ class Rollout:
             self._add(loaded.name, plan.candidate, 0.0, ok=False)
             return
         if self._shadow_inflight >= self.config.rollout_shadow_inflight:
-            with self._lock:
-                self._agreement.setdefault(loaded.name, Agreement()).skipped += 1
+            self.outcomes.skipped(loaded.name)
             return
         self._shadow_inflight += 1
         task = asyncio.get_running_loop().create_task(
@@ -266,46 +253,21 @@ class Rollout:
             self.record(candidate, time.perf_counter() - started, ok=False)
             log.debug("shadow %s:%s failed: %s", candidate.name, candidate.version, exc)
         else:
-            with self._lock:
-                if self._rollout_ids.get(candidate.name) == plan.rollout_id:
-                    self._agreement.setdefault(candidate.name, Agreement()).add(stable_out, out)
+            self.outcomes.agree(candidate.name, plan.rollout_id, stable_out, out)
             self.record(candidate, time.perf_counter() - started, ok=True)
         finally:
             self._shadow_inflight -= 1
 
     # -- heartbeats and the verdict ------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            outcomes = list(self._outcomes.items())
-            agreement = {n: asdict(a) for n, a in self._agreement.items()}
-            ids = dict(self._rollout_ids)
-        models: dict[str, dict[str, Any]] = {}
-        for (name, version), counts in outcomes:
-            plan = self.plans.get(name)
-            window_s = (plan.limits if plan is not None and plan.limits else self.defaults).window_s
-            models.setdefault(name, {"rollout_id": ids.get(name, ""), "versions": {}})
-            models[name]["versions"][version] = counts.snapshot(window_s)
-        for name, agreed in agreement.items():
-            models.setdefault(name, {"rollout_id": ids.get(name, ""), "versions": {}})
-            models[name]["agreement"] = agreed
         return {"worker": self.worker, "revision": self.state.revision, "time": time.time(),
-                "refused": self.refused, "models": models}
+                "refused": self.refused,
+                "models": self.outcomes.snapshot(lambda name: self._limits(name).window_s)}
 
     def _beats(self) -> list[dict[str, Any]]:
         """Every live worker's heartbeat, this worker's taken fresh."""
         mine = self._snapshot()
         return [mine, *(b for b in self.store.beats() if b.get("worker") != self.worker)]
-
-    def _verdict(self, name: str, plan: ModelRollout, beats: list[dict[str, Any]]) -> Verdict:
-        """The candidate judged on the counts of every worker in this rollout, summed."""
-        assert plan.candidate is not None
-        parts = [b["models"][name] for b in beats
-                 if b.get("models", {}).get(name, {}).get("rollout_id") == plan.rollout_id]
-        window = Counts.total(p["versions"][plan.candidate]["window"] for p in parts
-                              if plan.candidate in p["versions"])
-        agreement = (Agreement.total(p["agreement"] for p in parts if "agreement" in p)
-                     if plan.mode == "shadow" else None)
-        return verdict(plan.limits or self.defaults, plan.mode, window, agreement)
 
     def _judge_all(self) -> None:
         rollouts = [(n, p) for n, p in self.plans.items() if p.candidate is not None]
@@ -313,7 +275,7 @@ class Rollout:
             return
         beats = self._beats()
         for name, plan in rollouts:
-            found = self._verdict(name, plan, beats)
+            found = judge_beats(name, plan, beats, self.defaults)
             if found.result != "fail":
                 continue
             try:
@@ -404,53 +366,17 @@ class Rollout:
         if name:
             self.repository.model(name)
         state, beats, error = self._view()
-        models = {}
-        for model in [name] if name else list(self.repository.loaded):
-            plan = state.models.get(model) or ModelRollout(stable=self.repository.stable[model])
-            share = {plan.stable: 100.0}
-            if plan.candidate and plan.mode == "canary":
-                share = {plan.stable: 100.0 - plan.percent, plan.candidate: plan.percent}
-            roles = {plan.stable: "stable", plan.candidate: "candidate", plan.previous: "previous"}
-            versions = {}
-            for version in dict.fromkeys([*plan.versions(), *self.repository.loaded.get(model, {})]):
-                snaps = [b["models"][model]["versions"][version] for b in beats
-                         if version in b.get("models", {}).get(model, {}).get("versions", {})]
-                versions[version] = {"role": roles.get(version, "loaded"),
-                                     "share_percent": share.get(version, 0.0), **summarize(snaps)}
-            info: dict[str, Any] = {
-                "stable": plan.stable, "candidate": plan.candidate, "mode": plan.mode,
-                "percent": plan.percent, "previous": plan.previous,
-                "rollout_id": plan.rollout_id or None, "started": plan.started or None,
-                "limits": asdict(plan.limits) if plan.limits and plan.candidate else None,
-                "versions": versions,
-                "events": [e for e in state.events if e.get("model") == model][-10:]}
-            if plan.mode == "shadow":
-                info["shadow"] = Agreement.total(
-                    b["models"][model]["agreement"] for b in beats
-                    if b.get("models", {}).get(model, {}).get("rollout_id") == plan.rollout_id
-                    and "agreement" in b["models"][model]).to_json()
-            models[model] = info
-        workers = sorted(({"worker": b["worker"], "revision": b["revision"],
-                           "age_s": round(max(0.0, time.time() - b["time"]), 2),
-                           "refused": b.get("refused") or {}} for b in beats),
-                         key=lambda w: w["worker"])
-        return {"store": self.store.where, "revision": state.revision,
-                "applied_everywhere": all(w["revision"] == state.revision and not w["refused"]
-                                          for w in workers),
-                "workers": workers, "models": models, **({"error": error} if error else {})}
+        models = {model: report.model_status(
+                      model, state.models.get(model) or ModelRollout(stable=self.repository.stable[model]),
+                      beats, self.repository.loaded.get(model, {}), state.events)
+                  for model in ([name] if name else list(self.repository.loaded))}
+        return {"store": self.store.where, **report.workers(beats, state.revision),
+                "models": models, **({"error": error} if error else {})}
 
     def analysis(self, name: str) -> dict[str, Any]:
         """The aggregated verdict on ``name``'s candidate and its figures, for a mesh's
         analysis step (Argo Rollouts' web provider, Flagger's webhooks)."""
         self.repository.model(name)
         state, beats, error = self._view()
-        plan = state.models.get(name)
-        out: dict[str, Any] = {"model": name, "revision": state.revision, "workers": len(beats),
-                               **({"error": error} if error else {})}
-        if plan is None or plan.candidate is None:
-            return {**out, "candidate": None, "verdict": "none", "healthy": True,
-                    "reason": "no rollout in progress", "figures": {}}
-        limits = plan.limits or self.defaults
-        return {**out, "stable": plan.stable, "candidate": plan.candidate, "mode": plan.mode,
-                "percent": plan.percent, "rollout_id": plan.rollout_id, "limits": asdict(limits),
-                **self._verdict(name, plan, beats).to_json()}
+        return {**report.analysis(name, state, beats, self.defaults),
+                **({"error": error} if error else {})}

@@ -14,13 +14,13 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from services.rollout.state import Limits
+from services.rollout.state import Limits, ModelRollout
 
 SAMPLES = 256  # recent latencies kept per version for display percentiles
 SLOW_FRACTION = 0.01  # p99 > limit  <=>  more than 1 % of requests slower than the limit
@@ -192,3 +192,69 @@ def verdict(limits: Limits, mode: str | None, window: Counts, agreement: Agreeme
     if not judged:
         return Verdict("pending", f"{n} of {limits.min_requests} requests in the window", figures)
     return Verdict("pass", "within every limit", figures)
+
+
+class Recorder:
+    """One worker's outcomes per (model, version) and shadow agreement per model, for the
+    rollout each model is in. Written from the event loop, read by the watcher and admin
+    threads: one lock guards them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: dict[tuple[str, str], Outcomes] = {}
+        self._agreement: dict[str, Agreement] = {}
+        self._rollout_ids: dict[str, str] = {}
+
+    def reset(self, name: str, rollout_id: str) -> None:
+        """A new rollout of ``name``: its counts start from zero."""
+        with self._lock:
+            for key in [k for k in self._outcomes if k[0] == name]:
+                del self._outcomes[key]
+            self._agreement.pop(name, None)
+            self._rollout_ids[name] = rollout_id
+
+    def add(self, name: str, version: str, seconds: float, ok: bool, slow_s: float) -> None:
+        with self._lock:
+            outcomes = self._outcomes.get((name, version))
+            if outcomes is None:
+                outcomes = self._outcomes[(name, version)] = Outcomes()
+        outcomes.add(seconds, ok, slow_s)
+
+    def agree(self, name: str, rollout_id: str, stable: np.ndarray, candidate: np.ndarray) -> None:
+        with self._lock:
+            if self._rollout_ids.get(name) == rollout_id:  # not a copy from an earlier rollout
+                self._agreement.setdefault(name, Agreement()).add(stable, candidate)
+
+    def skipped(self, name: str) -> None:
+        with self._lock:
+            self._agreement.setdefault(name, Agreement()).skipped += 1
+
+    def snapshot(self, window_s: Callable[[str], float]) -> dict[str, Any]:
+        """Per model: its rollout id, each version's counts over ``window_s(model)``, and the
+        shadow agreement — the ``models`` part of a heartbeat."""
+        with self._lock:
+            outcomes = list(self._outcomes.items())
+            agreement = {n: asdict(a) for n, a in self._agreement.items()}
+            ids = dict(self._rollout_ids)
+        models: dict[str, dict[str, Any]] = {}
+        for (name, version), counts in outcomes:
+            models.setdefault(name, {"rollout_id": ids.get(name, ""), "versions": {}})
+            models[name]["versions"][version] = counts.snapshot(window_s(name))
+        for name, agreed in agreement.items():
+            models.setdefault(name, {"rollout_id": ids.get(name, ""), "versions": {}})
+            models[name]["agreement"] = agreed
+        return models
+
+
+def judge_beats(name: str, plan: ModelRollout, beats: list[dict[str, Any]], defaults: Limits
+                ) -> Verdict:
+    """``plan``'s candidate judged on the counts every worker's heartbeat carries for this
+    rollout, summed."""
+    assert plan.candidate is not None
+    parts = [b["models"][name] for b in beats
+             if b.get("models", {}).get(name, {}).get("rollout_id") == plan.rollout_id]
+    window = Counts.total(p["versions"][plan.candidate]["window"] for p in parts
+                          if plan.candidate in p["versions"])
+    agreement = (Agreement.total(p["agreement"] for p in parts if "agreement" in p)
+                 if plan.mode == "shadow" else None)
+    return verdict(plan.limits or defaults, plan.mode, window, agreement)
