@@ -362,6 +362,8 @@ def test_slow_canary_rolls_back_by_itself(client: httpx.Client, versions: dict[s
                 if r.status_code != 200]
     assert failures == []
     status = wait_for(lambda: (s := rollout_status(client))["candidate"] is None and s)
+    # the store says so first; the worker follows within a poll
+    wait_for(lambda: client.get("/admin/rollout", headers=AUTH).json()["applied_everywhere"])
     assert "p99" in status["events"][-1]["reason"] and status["stable"] == v1
     assert {client.post(PREDICT, json=ROW).headers["podium-model-version"]
             for _ in range(20)} == {v1}
