@@ -2,19 +2,23 @@
 
     PODIUM_ADMIN_TOKEN=secret locust -f loadtests/rollout_locust.py --headless -u 16 -r 16 \
         --host http://127.0.0.1:3000 --candidate VERSION [--model diabetes] [--percent 20] \
-        [--phase-s 10] [--settle-s 1]
+        [--phase-s 10] [--settle-s 1] [--replicas URL,URL,...]
 
 ``Predictor`` users send predictions throughout. One ``Operator`` walks the rollout through the
 admin API — steady → canary at ``--percent`` → shadow → promote → rollback — each phase
 ``--phase-s`` long, then ends the run. A prediction fails unless it is a 200 whose body and
 ``Podium-Model-Version`` header name a version that was legitimately serving when it was sent or
 answered (a change's new version from the moment the admin call is sent; the old one until the
-call returned plus ``--settle-s``, the time every worker has to follow). At the end the candidate's
-measured canary share is printed and the process exits 1 unless there were no failures.
+call returned plus ``--settle-s``, the time every worker has to follow). With ``--replicas``
+(several servers on one shared rollout store, as behind a load balancer) the predictors are
+spread over them round-robin while the operator drives ``--host``: a change made on one replica
+must reach the others within ``--settle-s``. At the end the candidate's measured canary share is
+printed and the process exits 1 unless there were no failures.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -41,11 +45,16 @@ class Timeline:
         self._lock = threading.Lock()
 
     def begin(self, allowed: set[str]) -> None:
-        self.spans = [[0.0, float("inf"), set(allowed)]]
+        self.spans = [[time.monotonic() - 3600, float("inf"), set(allowed)]]
 
-    def change(self, allowed: set[str], sent: float, returned: float, settle: float) -> None:
-        self.spans[-1][1] = returned + settle
+    def sent(self, allowed: set[str], sent: float) -> None:
+        """A change is on its way: its versions may answer from now on (checks run while the
+        admin call is in flight, so the new set must be known before it returns)."""
         self.spans.append([sent, float("inf"), set(allowed)])
+
+    def returned(self, until: float) -> None:
+        """The change returned: the versions before it may answer until ``until``."""
+        self.spans[-2][1] = until
 
     def legitimate(self, version: str, sent: float, answered: float) -> bool:
         return any(version in ok and sent <= end and answered >= start
@@ -60,6 +69,7 @@ class Timeline:
 
 
 TIMELINE = Timeline()
+_REPLICA = itertools.count()
 
 
 @events.init_command_line_parser.add_listener
@@ -74,6 +84,9 @@ def _arguments(parser: Any) -> None:
                         help="seconds the workers may take to follow a change")
     parser.add_argument("--admin-token", default=os.environ.get("PODIUM_ADMIN_TOKEN", ""),
                         help="admin token (default: $PODIUM_ADMIN_TOKEN)")
+    parser.add_argument("--replicas", default="",
+                        help="comma-separated replica URLs the predictors spread over "
+                             "(default: --host only)")
 
 
 class Predictor(HttpUser):
@@ -84,6 +97,9 @@ class Predictor(HttpUser):
         opts = self.environment.parsed_options
         self.model = opts.model
         self.body = PAYLOADS["diabetes" if opts.model == "diabetes" else "mnist"]
+        replicas = [u for u in opts.replicas.split(",") if u]
+        if replicas:
+            self.client.base_url = replicas[next(_REPLICA) % len(replicas)]
         while not TIMELINE.spans:  # the operator has read the stable version
             gevent.sleep(0.05)
 
@@ -101,6 +117,9 @@ class Predictor(HttpUser):
                 r.failure(f"body version differs from header {version!r}")
             elif not TIMELINE.legitimate(version, sent, answered):
                 r.failure(f"answered by {version!r}, which was not serving then")
+                log.error("mislabelled: %s sent %.3f answered %.3f (s since start); spans %s",
+                          version, sent - TIMELINE.spans[0][0], answered - TIMELINE.spans[0][0],
+                          [(round(a, 3), round(b, 3), sorted(v)) for a, b, v in TIMELINE.spans])
             else:
                 TIMELINE.results.append((sent, answered, version))
 
@@ -122,9 +141,9 @@ class Operator(HttpUser):
             return r.json()
 
     def _change(self, allowed: set[str], action: str, body: dict[str, Any] | None = None) -> None:
-        sent = time.monotonic()
+        TIMELINE.sent(allowed, time.monotonic())
         self._admin("POST", action, body)
-        TIMELINE.change(allowed, sent, time.monotonic(), self.environment.parsed_options.settle_s)
+        TIMELINE.returned(time.monotonic() + self.environment.parsed_options.settle_s)
         log.info("rollout: %s done", action)
 
     @task

@@ -1,8 +1,10 @@
-"""``podium rollout start|status|promote|rollback``: drive a version rollout on a running server
-through its admin API (``/admin/rollout``).
+"""``podium rollout start|status|promote|rollback|analysis``: drive a version rollout on a
+running server through its admin API (``/admin/rollout``).
 
 The server is ``--url`` (default ``$PODIUM_URL``, else http://127.0.0.1:3000) and the token is
-``--token`` (default ``$PODIUM_ADMIN_TOKEN``). Also runnable alone: ``python -m podium.rollout_cli``.
+``--token`` (default ``$PODIUM_ADMIN_TOKEN``). Behind a load balancer any replica will do: they
+share one rollout store, and ``--wait`` waits until every worker of every replica has applied
+the change. Also runnable alone: ``python -m podium.rollout_cli``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +71,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                   help="abort the rollout, or return to the previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--reason", default="", help="kept in the event log")
+
+    for change in (start, promote, rollback):
+        change.add_argument("--wait", action="store_true",
+                            help="wait until every worker of every replica has applied it")
+        change.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
+                            help="give up waiting after S seconds (exit 1; default 30)")
+
+    analysis = actions.add_parser("analysis",
+                                  help="the automatic-rollback verdict over every replica")
+    analysis.add_argument("name", metavar="NAME")
     return r
 
 
@@ -94,6 +107,24 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _wait(args: argparse.Namespace, revision: int) -> None:
+    """Poll status until every live worker has applied ``revision`` (or a later one)."""
+    started = time.monotonic()
+    while True:
+        workers = _call(args, "GET", "/admin/rollout")["workers"]
+        refused = [f"{w['worker']}: {w['refused']}" for w in workers if w.get("refused")]
+        if refused:
+            raise RolloutCliError(f"refused by {'; '.join(refused)}")
+        behind = [w["worker"] for w in workers if w["revision"] < revision]
+        if not behind:
+            print(f"applied by {len(workers)} worker(s) in {time.monotonic() - started:.1f}s")
+            return
+        if time.monotonic() - started > args.wait_timeout:
+            raise RolloutCliError(f"revision {revision} not applied after {args.wait_timeout:g}s "
+                                  f"by: {', '.join(behind)}")
+        time.sleep(0.2)
+
+
 def _print_status(models: dict[str, Any]) -> None:
     for name, m in models.items():
         if m["candidate"]:
@@ -118,10 +149,28 @@ def _print_status(models: dict[str, Any]) -> None:
             print(f"  event: {event['action']} by {event.get('actor')}{extra}")
 
 
+def _print_workers(answer: dict[str, Any]) -> None:
+    print(f"store {answer['store']}, revision {answer['revision']}"
+          + ("" if answer["applied_everywhere"] else " (not yet applied everywhere)"))
+    for w in answer["workers"]:
+        print(f"  worker {w['worker']}: revision {w['revision']} (seen {w['age_s']:g}s ago)"
+              + "".join(f"; refused {m}: {why}" for m, why in w.get("refused", {}).items()))
+    if answer.get("error"):
+        print(f"  store error: {answer['error']}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "analysis":
+        answer = _call(args, "GET", f"/admin/rollout/{args.name}/analysis")
+        print(json.dumps(answer, indent=2) if args.json else
+              f"{args.name}: {answer['verdict']} ({answer['reason']}) over {answer['workers']} "
+              f"worker(s); figures {answer['figures']}")
+        return 0
     if args.action == "status":
         answer = _call(args, "GET", f"/admin/rollout/{args.name}" if args.name else "/admin/rollout")
         models = answer["models"]
+        if not args.json:
+            _print_workers(answer)
     else:
         if args.action == "start":
             limits = {key: getattr(args, key) for key in
@@ -139,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{event['action']} {args.name}: " + ", ".join(
                 f"{k}={v}" for k, v in event.items() if k not in ("action", "model", "time")))
+        if args.wait:
+            _wait(args, event["revision"])
     if args.json:
         print(json.dumps(answer, indent=2))
     else:

@@ -1,10 +1,11 @@
 """The admin API (``/admin``): version rollout — status, start (canary or shadow), promote,
-rollback — behind a bearer token.
+rollback, and the aggregated verdict (``analysis``) — behind a bearer token.
 
 ``Authorization: Bearer <admin_token>`` is required: no header → 401, a wrong token → 403, and
 with no token configured the whole admin API is off (403 saying how to turn it on). The
 prediction endpoints are not affected. Actions that load a version (verify its checksums, warm
-it) run in a thread, so serving goes on meanwhile.
+it) run in a thread, so serving goes on meanwhile. Every failure is a 4xx or a 503 with a JSON
+body naming the problem (an unreachable or unwritable rollout store is 503).
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ async def status(request: Request, name: str | None = None) -> Response:
         return _reply(exc)
 
 
+async def analysis(request: Request, name: str) -> Response:
+    """The aggregated verdict on the candidate, for a mesh's analysis step (deploy/README.md)."""
+    try:
+        rollout = _authorize(request)
+        return JSON(await asyncio.to_thread(rollout.analysis, name))
+    except Exception as exc:
+        return _reply(exc)
+
+
 async def start(request: Request, name: str) -> Response:
     """Body: ``{"version": V, "mode": "canary"|"shadow", "percent": 10, "limits": {...}}``."""
     try:
@@ -129,6 +139,8 @@ def build_router() -> APIRouter:
                          summary="Rollout status of every served model (token required)")
     router.add_api_route("/rollout/{name}", status, methods=["GET"],
                          summary="A model's versions, traffic shares, outcomes and events")
+    router.add_api_route("/rollout/{name}/analysis", analysis, methods=["GET"],
+                         summary="The automatic-rollback verdict over every replica, as JSON")
     router.add_api_route("/rollout/{name}/start", start, methods=["POST"],
                          summary="Start a canary (percent of traffic) or shadow rollout")
     router.add_api_route("/rollout/{name}/promote", promote, methods=["POST"],

@@ -68,7 +68,8 @@ class ServeConfig(BaseModel):
     # --- end of issue 10, request side --------------------------------------------------------
     top_k_default: int = Field(3, ge=1, le=10)
     admin_token: str | None = Field(None, description="bearer token for /admin; unset = admin off")
-    rollout_state: str = Field("", description="rollout state file; default BENTOML_HOME/podium-rollout.json")
+    rollout_state: str = Field("", description="rollout state file; default "
+                                               "BENTOML_HOME/podium-rollout/<deployment>.json")
     rollout_poll_ms: float = Field(100.0, gt=0, le=60000,
                                    description="how often each worker looks for a new rollout state")
     rollout_window_s: float = Field(60.0, gt=0, description="automatic rollback judges this window")
@@ -84,6 +85,17 @@ class ServeConfig(BaseModel):
     rollout_shadow_inflight: int = Field(64, ge=1,
                                          description="shadow copies in flight per worker; more "
                                                      "are skipped, never queued")
+    # -- issue 11: one rollout across replicas (services/rollout/, README "Rolling out") --------
+    deployment: str = Field("", description="namespace of the rollout state in its store; "
+                                            "'' = podium-<port>")
+    rollout_store: str = Field("", description="'' or 'file': the state file (one host); "
+                                               "redis://[:password@]host:port/db: Redis, shared "
+                                               "by every replica")
+    rollout_store_timeout_s: float = Field(1.0, gt=0, le=30,
+                                           description="a store call taking longer has failed")
+    rollout_store_grace_s: float = Field(10.0, ge=0,
+                                         description="store unreachable this long: a canary "
+                                                     "sends everything to stable")
 
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one

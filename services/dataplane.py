@@ -30,7 +30,10 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self.repository is not None and self.repository.ready
+        """Every model loaded and warm, and the rollout state read once (issue 11: a replica
+        that has not seen the shared state must not take traffic)."""
+        return self.repository is not None and self.repository.ready \
+            and self.rollout is not None and self.rollout.ready.is_set()
 
     def start(self, config: ServeConfig | None = None) -> None:
         from services.metrics import get_metrics
@@ -55,7 +58,7 @@ class DataPlane:
         choice (stable, or the candidate for a canary's share / a pinned client), else stable."""
         repository = self.repo()
         if version is None and self.rollout is not None:
-            version = self.rollout.route(name, headers)
+            return self.rollout.select(name, headers)
         return repository.get(name, version)
 
     async def infer(self, loaded: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

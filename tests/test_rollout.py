@@ -4,6 +4,7 @@ candidate, refusal of a corrupted one, the admin token, the CLI, several workers
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from models.artifacts import sha256_file
 from services.launch import serve
-from services.rollout import Limits, StateStore, compare, sticky_fraction
+from services.rollout import FileStore, Limits, compare, sticky_fraction
 from tests.conftest import ROOT, TINY, run_podium
 
 TOKEN = "test-admin-token"
@@ -212,14 +213,15 @@ def test_limits_validation() -> None:
             base.updated(bad)
 
 
-def test_state_store_is_atomic_and_untouched_on_refusal(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.json")
-    with store.transaction() as state:
-        state["models"]["m"] = {"stable": "a"}
-    with pytest.raises(RuntimeError), store.transaction() as state:
-        state["models"]["m"]["stable"] = "b"
-        raise RuntimeError("refused")
-    assert store.read()["models"]["m"]["stable"] == "a" and store.read()["revision"] == 1
+def test_file_store_swaps_on_revision_only(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    assert store.read() is None
+    assert store.swap(0, {"revision": 1, "models": {}})
+    assert not store.swap(0, {"revision": 1, "models": {"m": {}}})  # a lost race changes nothing
+    assert not store.swap(None, {"revision": 9, "models": {}})  # only an unreadable state is replaced
+    assert json.loads(store.read()) == {"revision": 1, "models": {}}
+    (tmp_path / "state.json").write_text("{damaged")
+    assert store.swap(None, {"revision": 2, "models": {}})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -248,6 +250,37 @@ def test_admin_validates_input(client: httpx.Client, versions: dict[str, Any]) -
     r = client.post(PREDICT, json=ROW)
     assert r.status_code == 200 and r.headers["podium-model-version"] == versions["v1"]
     assert rollout_status(client)["candidate"] is None
+
+
+def test_latest_prefix_and_unknown_versions(client: httpx.Client, versions: dict[str, Any],
+                                            server) -> None:
+    v1, v2 = versions["v1"], versions["v2"]
+    started = admin(client, "start", {"version": v2[:5], "percent": 0})  # a unique prefix
+    assert started["event"]["candidate"] == v2 and started["status"]["candidate"] == v2
+    admin(client, "rollback")
+    assert "not in the model store" in admin(client, "promote", {"version": "nosuch"}, 404)["error"]
+    assert rollout_status(client)["stable"] == v1  # nothing changed
+    promoted = admin(client, "promote", {"version": "latest"})  # the newest: stored as its version
+    assert promoted["event"]["to"] == v2 and promoted["status"]["stable"] == v2
+    r = client.post(PREDICT, json=ROW)
+    assert r.status_code == 200 and r.headers["podium-model-version"] == v2
+    assert client.get("/v1/models/diabetes").json()["stable"] == v2
+    admin(client, "rollback")
+    # a stored state naming no exact version (written by hand, or by an older Podium) is refused
+    path = Path(client.get("/admin/rollout", headers=AUTH).json()["store"])
+    state = json.loads(path.read_text())
+    good = json.dumps(state)
+    state["revision"] += 1
+    state["models"]["diabetes"]["stable"] = "latest"
+    path.write_text(json.dumps(state))
+    wait_for(lambda: "'latest' is not a full version of diabetes" in server.logs(), timeout=10)
+    r = client.post(PREDICT, json=ROW)
+    assert r.status_code == 200 and r.headers["podium-model-version"] == v1
+    info = client.get("/v1/models/diabetes")
+    assert info.status_code == 200 and info.json()["stable"] == v1
+    state = json.loads(good)
+    state["revision"] += 2
+    path.write_text(json.dumps(state))  # repaired: the next revision applies again
 
 
 def test_canary_promote_rollback_under_load(server, client: httpx.Client,
@@ -329,6 +362,8 @@ def test_slow_canary_rolls_back_by_itself(client: httpx.Client, versions: dict[s
                 if r.status_code != 200]
     assert failures == []
     status = wait_for(lambda: (s := rollout_status(client))["candidate"] is None and s)
+    # the store says so first; the worker follows within a poll
+    wait_for(lambda: client.get("/admin/rollout", headers=AUTH).json()["applied_everywhere"])
     assert "p99" in status["events"][-1]["reason"] and status["stable"] == v1
     assert {client.post(PREDICT, json=ROW).headers["podium-model-version"]
             for _ in range(20)} == {v1}
@@ -340,10 +375,14 @@ def test_cli(server, versions: dict[str, Any]) -> None:
                                "--token", token, *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
 
-    start = cli("start", "diabetes", versions["v2"], "--percent", "5")
+    start = cli("start", "diabetes", versions["v2"][:6], "--percent", "5", "--wait")
     assert start.returncode == 0 and "canary 5%" in start.stdout, start.stderr
+    assert "applied by 1 worker(s)" in start.stdout and versions["v2"] in start.stdout  # prefix resolved
     status = cli("status", "diabetes")
     assert status.returncode == 0 and versions["v2"] in status.stdout and "candidate" in status.stdout
+    assert "revision" in status.stdout and "worker" in status.stdout
+    analysis = cli("analysis", "diabetes")
+    assert analysis.returncode == 0 and "pending" in analysis.stdout, analysis.stdout
     rollback = cli("rollback", "diabetes", "--reason", "cli test")
     assert rollback.returncode == 0 and "stable " + versions["v1"] in rollback.stdout
     bad = cli("status", token="wrong")
