@@ -195,6 +195,26 @@ def tensorrt_options(settings: DeviceSettings, inputs: list[tuple[str, list[Any]
     return options
 
 
+def check_device(device: str, runtime: str = "onnx") -> None:
+    """Fail fast: a ``device=cuda`` this machine cannot give stops ``bentoml serve`` before any
+    worker starts (BentoML restarts a worker that fails at start-up, over and over)."""
+    if device != "cuda":
+        return
+    if runtime == "onnx":
+        onnx_providers(DeviceSettings(device))
+    else:
+        _torch_device(device)
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("device=cuda was asked for, but torch sees no CUDA device; "
+                                "set device=auto to serve on the CPU")
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 # ------------------------------------------------------------------------------ runtimes
 
 class OnnxRuntime:
@@ -278,12 +298,8 @@ class TorchScriptRuntime:
         import torch
 
         settings = settings or DeviceSettings()
-        if settings.device == "cuda" and not torch.cuda.is_available():
-            raise DeviceUnavailable("device=cuda was asked for, but torch sees no CUDA device; "
-                                    "set device=auto to serve on the CPU")
-        use_cuda = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
-        self.device = "cuda" if use_cuda else "cpu"
-        self.threads = settings.gpu_threads if use_cuda else settings.cpu_threads
+        self.device = _torch_device(settings.device)
+        self.threads = settings.gpu_threads if self.device == "cuda" else settings.cpu_threads
         if self.threads:
             torch.set_num_threads(self.threads)
         self.providers = [f"torch-{self.device}"]

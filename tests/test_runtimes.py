@@ -124,6 +124,14 @@ def test_auto_on_a_plain_cpu_runtime_is_silent(monkeypatch: pytest.MonkeyPatch,
     assert not caplog.records
 
 
+def test_check_device_fails_fast_only_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    machine(monkeypatch, ALL, gpu=False)
+    runtimes.check_device("auto")  # falls back later, with its warning
+    runtimes.check_device("cpu")
+    with pytest.raises(DeviceUnavailable, match="no CUDA device is visible"):
+        runtimes.check_device("cuda")
+
+
 def test_real_probe_answers_on_this_machine() -> None:
     assert isinstance(runtimes.cuda_device_present(), bool)
     assert isinstance(runtimes.tensorrt_libraries_present(), bool)
@@ -251,8 +259,10 @@ def test_server_reports_and_logs_the_provider_used(server: Server) -> None:
 
 
 def test_device_cuda_without_a_gpu_stops_the_server_at_start(tiny_store: Path, tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="device=cuda was asked for") as failed, \
+    """`bentoml serve` itself exits with the reason; it does not restart a failing worker forever,
+    hang, or serve on the CPU."""
+    with pytest.raises(RuntimeError, match="server exited") as failed, \
             serve(tiny_store, tmp_path, env={"PODIUM_DEVICE": "cuda", "PODIUM_MODELS": "diabetes"},
                   ready_timeout=90):
         pass
-    assert "server exited" in str(failed.value)  # it stops; it does not hang or serve on the CPU
+    assert "DeviceUnavailable: device=cuda was asked for" in str(failed.value)
