@@ -32,6 +32,7 @@ SMOKE_DEVICE      ?= cpu
 # A log line the container must print exactly once (smoke.sh); container-gpu-smoke sets it.
 EXPECT_LOG_ONCE   ?=
 CONTAINER_TOOLS   := podman buildah runc debootstrap
+LOCAL_BASE_IMAGE  := localhost/podium-base:bookworm-py311
 
 .PHONY: bento container container-base container-smoke container-lint container-report container-tools \
 	container-gpu container-gpu-smoke container-gpu-report
@@ -57,9 +58,11 @@ bento: venv
 	echo "$$tag" > $(BENTO_TAG_FILE); \
 	echo "bento: $$tag ($$(( $$(date +%s) - t0 ))s)"
 
+# IMAGE is set explicitly: a command-line IMAGE=... (container-gpu passes one) is exported to the
+# recipe's environment, and build-base.sh would otherwise build the base under that name.
 container-base: container-tools
 ifeq ($(CONTAINER_BACKEND),podman)
-	deploy/container/build-base.sh
+	IMAGE=$(LOCAL_BASE_IMAGE) deploy/container/build-base.sh
 endif
 
 container: bento container-base
