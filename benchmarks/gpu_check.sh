@@ -54,8 +54,12 @@ device() {
         echo "gpu_check: $KIT is missing: run 'benchmarks/gpu_check.sh prepare' here and carry it" >&2; exit 2; }
     mkdir -p "$out"
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-    # A venv over the image's packages (torch, numpy, ...), plus the carried serving wheels.
-    python3 -m venv --system-site-packages /tmp/podium-venv
+    # A venv of its own (bentoml's console script must sit beside its python: services/launch.py)
+    # that also sees the image's packages (torch, numpy, ...) behind the carried serving wheels.
+    # The image's python3 is itself a venv, so --system-site-packages would miss them: a .pth does it.
+    "${PYTHON:-python3}" -m venv /tmp/podium-venv
+    "${PYTHON:-python3}" -c 'import site; print("\n".join(site.getsitepackages()))' \
+        > "$(/tmp/podium-venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/image.pth"
     /tmp/podium-venv/bin/python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         "$KIT"/wheels/*.whl
     export PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=true
