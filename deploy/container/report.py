@@ -174,6 +174,9 @@ def summary(r: dict) -> str:
             lines.append(f"- {name}: {'ok' if m['ok'] else 'NOT OK'} {m.get('version', '')} {detail}"
                          f"{' (equals offline ONNX)' if m.get('offline_equal') else ''}{where}"
                          f"{' ' + str(m['ms']) + ' ms' if 'ms' in m else ''}")
+        logged = [line.split("] ", 1)[1] for line in s.get("smoke", {}).get("output", "").splitlines()
+                  if line.startswith("[smoke") and "] log: " in line]
+        lines += [f"- container {line}" for line in logged]  # e.g. the GPU image's CPU-fallback warning
     if "hadolint" in r:
         levels = {}
         for f in r["hadolint"]:
