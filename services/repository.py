@@ -137,11 +137,13 @@ class Repository:
             loaded.vocab = stored.vocabulary()
             loaded.index = {c: i for i, c in enumerate(loaded.vocab)}
         arch = loaded.architecture
-        for batch in warm_batch_sizes(max_batch):  # warm-up: first-request costs paid now
+        warm = warm_batch_sizes(max_batch)
+        for batch in warm:  # warm-up: first-request costs paid now
             runtime.run(warm_feeds(spec, batch, arch=arch))
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
-        log.info("loaded %s (%s)", stored.tag, runtime.kind)
+        log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
+                 ", ".join(map(str, warm)))
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:

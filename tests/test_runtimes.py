@@ -8,6 +8,7 @@ server of the tiny store.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,11 @@ def test_server_reports_and_logs_the_provider_used(server: Server) -> None:
     assert config["parameters"]["execution_providers"]["string_value"] == CPU
     assert config["max_batch_size"] == DEFAULT_MAX_BATCH["mnist-cnn"]
     assert [(v["device"], v["providers"]) for v in model["loaded"]] == [("cpu", [CPU])]
-    assert "onnx runtime on cpu (providers: CPUExecutionProvider)" in server.logs()
+    logs = server.logs()
+    assert "onnx runtime on cpu (providers: CPUExecutionProvider)" in logs
+    # warmed at every batch bucket up to this device's limit before /readyz said ready
+    warmed = r"loaded mnist-cnn:\S+ \(onnx on cpu, warmed at batch 1, 2, 4, 8, 16, 32, 64, 128, 256\)"
+    assert re.search(warmed, logs)
 
 
 def test_device_cuda_without_a_gpu_stops_the_server_at_start(tiny_store: Path, tmp_path: Path) -> None:
