@@ -48,9 +48,13 @@ def main() -> int:
     build_dir = Path(os.environ.get("BENTO_BUILD_DIR")
                      or Path(os.environ.get("TMPDIR") or "/tmp") / "podium-bento-build")
     make = ["make", "--no-print-directory"]
-    if variant == "gpu":
+    targets = {"bento": ["bento"], "container": ["container"], "lint": ["container-lint"],
+               "smoke": ["container-smoke"]}
+    if variant == "gpu":  # mk/container.mk's GPU_BUILD_DIR: the GPU bento's own build folder
         build_dir = build_dir.with_name(build_dir.name + "-gpu")
-        make += ["GPU=1", f"BENTO_BUILD_DIR={build_dir}"]
+        gpu_bento = [f"BENTO_BUILD_DIR={build_dir}"]
+        targets = {"bento": ["bento", "GPU=1", *gpu_bento], "container": ["container-gpu"],
+                   "lint": ["container-lint", *gpu_bento], "smoke": ["container-gpu-smoke"]}
     image = os.environ.get("IMAGE", "podium-gpu:latest" if variant == "gpu" else "podium:latest")
     base = os.environ.get("PODIUM_BASE_IMAGE", "localhost/podium-base:bookworm-py311")
     report: dict = {
@@ -78,12 +82,9 @@ def main() -> int:
                                             if line.startswith("[build-base"))
     if steps["base"]["rc"]:
         return finish(False)
-    container, smoke = ("container-gpu", "container-gpu-smoke") if variant == "gpu" else \
-        ("container", "container-smoke")
-    for name, target, env in (("bento", "bento", None), ("container", container, None),
-                              ("lint", "container-lint", None),
-                              ("smoke", smoke, {"SMOKE_REPORT": str(out / "smoke.json")})):
-        steps[name] = run([*make, target], env=env)
+    for name, env in (("bento", None), ("container", None), ("lint", None),
+                      ("smoke", {"SMOKE_REPORT": str(out / "smoke.json")})):
+        steps[name] = run([*make, *targets[name]], env=env)
         if name == "container":
             steps[name]["output"] = "\n".join(  # the build log is long; keep the outcome
                 line for line in steps[name]["output"].splitlines()
