@@ -87,7 +87,7 @@ def open_model(name: str) -> tuple[Any, Any, Any]:
     from services.runtimes import OnnxRuntime
 
     stored = get_version(name)
-    runtime = OnnxRuntime(stored.file("model.onnx"), device="auto", threads=0)
+    runtime = OnnxRuntime(stored.file("model.onnx"))  # device auto, ONNX Runtime's default threads
     return stored, runtime, get_spec(name)
 
 

@@ -11,8 +11,9 @@ pyproject version: the image holds the source, not the installed ``podium`` dist
 The base image is the service's (``PODIUM_BASE_IMAGE`` or the local debootstrap one). Torch-free:
 reads the configuration with services.config.load_config, the store with models.artifacts.get_version.
 
-``--gpu`` writes the GPU variant: ``onnxruntime-gpu`` (pyproject's ``gpu`` extra) instead of
-``onnxruntime`` and ``PODIUM_DEVICE=cuda``; pair it with a CUDA ``PODIUM_BASE_IMAGE``.
+``--gpu`` writes the GPU variant: pyproject's ``gpu`` extra (``onnxruntime-gpu`` and NVIDIA's
+CUDA/cuDNN runtime wheels) instead of ``onnxruntime``, and ``PODIUM_DEVICE=auto``; it builds on
+the same base image as the CPU variant (no CUDA base image: the driver comes from the host).
 
 Usage: python deploy/bentofile.py [--source bentofile.yaml] [--output PATH] [--gpu]
 """
@@ -100,13 +101,15 @@ def build_bentofile(source: Path, gpu: bool = False) -> tuple[dict[str, Any], di
         envs.append({"name": "PODIUM_VERSIONS", "value": json.dumps(served, separators=(",", ":"))})
     spec["envs"] = envs
     if gpu:
-        # onnxruntime-gpu replaces onnxruntime (they share a folder): Podium's `gpu` extra.
+        # Podium's `gpu` extra (onnxruntime-gpu and the CUDA/cuDNN wheels) replaces onnxruntime
+        # (they share a folder). device=auto: the image uses CUDA where a GPU is visible and
+        # serves on the CPU, with one logged warning, where none is (a deployment that must have
+        # the GPU sets PODIUM_DEVICE=cuda: deploy/k8s/deployment-gpu.yaml).
         pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-        (gpu_pin,) = pyproject["optional-dependencies"]["gpu"]
-        packages = spec["python"]["packages"]
-        spec["python"]["packages"] = [gpu_pin if _name(p) == "onnxruntime" else p for p in packages]
+        packages = [p for p in spec["python"]["packages"] if _name(p) != "onnxruntime"]
+        spec["python"]["packages"] = [*packages, *pyproject["optional-dependencies"]["gpu"]]
         envs = [e for e in envs if e["name"] != "PODIUM_DEVICE"]
-        envs.append({"name": "PODIUM_DEVICE", "value": "cuda"})
+        envs.append({"name": "PODIUM_DEVICE", "value": "auto"})
         spec["envs"] = envs
         spec.setdefault("labels", {})["runtime"] = "onnx-gpu"
     return spec, versions
@@ -118,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write it (default: stdout)")
     parser.add_argument("--gpu", action="store_true",
-                        help="the GPU variant: onnxruntime-gpu (the gpu extra), PODIUM_DEVICE=cuda; "
-                             "set PODIUM_BASE_IMAGE to a CUDA base (deploy/container/Dockerfile.cuda-base)")
+                        help="the GPU variant: the gpu extra (onnxruntime-gpu + CUDA/cuDNN wheels) "
+                             "instead of onnxruntime, PODIUM_DEVICE=auto")
     args = parser.parse_args(argv)
     home = check_home_outside()
     spec, versions = build_bentofile(args.source, gpu=args.gpu)

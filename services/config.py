@@ -21,6 +21,10 @@ from models.catalog import MODEL_NAMES
 
 DEFAULT_MAX_BATCH = {"diabetes": 1024, "mnist-fc": 256, "mnist-cnn": 256, "mnist-googlenet": 256,
                      "mnist-resnet": 256, "char-rnn": 64}
+# Issue 13: a GPU only pays off on big batches (kernel launch and copies dominate small ones), and
+# its memory holds them easily: 1024 MNIST images are 3 MiB of input.
+DEFAULT_GPU_MAX_BATCH = {"diabetes": 4096, "mnist-fc": 1024, "mnist-cnn": 1024, "mnist-googlenet": 1024,
+                         "mnist-resnet": 1024, "char-rnn": 256}
 
 
 class ServeConfig(BaseModel):
@@ -97,6 +101,24 @@ class ServeConfig(BaseModel):
                                          description="store unreachable this long: a canary "
                                                      "sends everything to stable")
 
+    # -- device and execution providers (issue 13; README "GPU serving") ------------------------
+    gpu_max_batch_size: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_GPU_MAX_BATCH),
+        description="items per executed batch when the model runs on a GPU")
+    gpu_intra_op_threads: int = Field(
+        1, ge=0, description="runtime host threads per model on a GPU provider (they only launch "
+                             "kernels); 0 = ONNX Runtime's default")
+    cuda_device_id: int = Field(0, ge=0, description="the GPU a process uses")
+    tensorrt: bool = Field(True, description="use the TensorRT provider first when its libraries load")
+    tensorrt_cache_dir: str = Field(
+        "", description="TensorRT engine and timing cache; default BENTOML_HOME/podium-trt-cache")
+    tensorrt_fp16: bool = Field(False, description="let TensorRT run in FP16 (outside the parity "
+                                                   "proof of the stored version)")
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="cuDNN convolution algorithm search; EXHAUSTIVE re-benchmarks on "
+                                 "every new batch size")
+    io_binding: bool = Field(True, description="CUDA: bind batched inputs and outputs in device memory")
+
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one
         ONNX Runtime thread served single images 1.3-1.5x faster at c=16/64 than two
@@ -109,8 +131,17 @@ class ServeConfig(BaseModel):
         """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
         return self.decode_threads or max(1, (os.cpu_count() or 1) - 1)
 
-    def max_batch(self, name: str) -> int:
+    def max_batch(self, name: str, device: str = "cpu") -> int:
+        """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda)."""
+        if device == "cuda":
+            return self.gpu_max_batch_size.get(name, DEFAULT_GPU_MAX_BATCH.get(name, 256))
         return self.max_batch_size.get(name, DEFAULT_MAX_BATCH.get(name, 64))
+
+    def tensorrt_cache_path(self) -> str:
+        if self.tensorrt_cache_dir:
+            return self.tensorrt_cache_dir
+        home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
+        return str(Path(home) / "podium-trt-cache")
 
     def pinned(self, name: str) -> list[str]:
         value = self.versions.get(name)

@@ -41,6 +41,7 @@ from services.http import (
 )
 from services.oip_codec import HEADER_LENGTH
 from services.repository import LoadedVersion
+from services.runtimes import triton_config
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch")}
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
@@ -286,7 +287,8 @@ async def model_config(request: Request, name: str, version: str | None = None) 
             "name": name, "platform": platform, "backend": backend,
             "max_batch_size": loaded.batcher.max_batch_size if adapter.batched else 0,
             "input": [_config_tensor(p, adapter.batched) for p in adapter.inputs],
-            "output": [_config_tensor(p, adapter.batched) for p in adapter.outputs]}
+            "output": [_config_tensor(p, adapter.batched) for p in adapter.outputs],
+            **triton_config(loaded.runtime)}  # where it runs: the providers really in use
         if adapter.batched and PLANE.config.batching:
             config["dynamic_batching"] = {"max_queue_delay_microseconds":
                                           int(PLANE.config.batch_wait_ms * 1000)}

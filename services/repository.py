@@ -2,7 +2,8 @@
 
 At start-up every configured model is loaded — the pinned version(s) from the configuration, or
 the newest in the store — its files verified against their recorded checksums, its runtime
-created and warmed up at batch 1 and at the maximum batch. Nothing loads lazily on a request.
+created and warmed up at every batch size bucket the batcher will produce (powers of two up to the
+device's maximum batch, and that maximum). Nothing loads lazily on a request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from models.catalog import ModelSpec, get_spec
 from services.batcher import Batcher
 from services.config import ServeConfig
 from services.errors import ModelNotFound, ModelNotReady
-from services.runtimes import Runtime, load_runtime
+from services.runtimes import Runtime, device_settings, load_runtime
 
 log = logging.getLogger("podium.repository")
 
@@ -67,6 +68,18 @@ class LoadedVersion:
                 "device": self.runtime.device, "providers": self.runtime.providers,
                 "created": self.stored.creation_time, "headline": md.get("headline"),
                 "profile": md.get("profile"), "max_batch_size": self.batcher.max_batch_size}
+
+
+def warm_batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, … below ``max_batch``, then ``max_batch``: the batch shapes the first requests
+    will bring. ONNX Runtime's CUDA and TensorRT providers pay per new input shape (kernel and
+    cuDNN algorithm choice, memory arena growth); every size in between reuses a warmed bucket's
+    arena and kernels."""
+    sizes, n = [], 1
+    while n < max_batch:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_batch]
 
 
 def warm_feeds(spec: ModelSpec, batch: int, arch: dict[str, Any] | None = None
@@ -130,11 +143,11 @@ class Repository:
         if existing is not None:
             return existing
         stored.verify()  # raises CorruptVersion: a broken version never starts serving
-        runtime = load_runtime(self.config.runtime, spec, stored, self.config.device,
-                               self.config.runtime_threads())
+        runtime = load_runtime(self.config.runtime, spec, stored, device_settings(self.config, name))
+        max_batch = self.config.max_batch(name, runtime.device)
         input_axes, output_axes = AXES[spec.kind]
         batcher = Batcher(name, stored.version, runtime.run, input_axes, output_axes,
-                          max_batch_size=self.config.max_batch(name),
+                          max_batch_size=max_batch,
                           max_latency_s=self.config.max_latency_ms / 1000,
                           max_queue_items=self.config.max_queue_items,
                           wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
@@ -144,11 +157,13 @@ class Repository:
             loaded.vocab = stored.vocabulary()
             loaded.index = {c: i for i, c in enumerate(loaded.vocab)}
         arch = loaded.architecture
-        for batch in sorted({1, self.config.max_batch(name)}):  # warm-up: first-request cost paid now
+        warm = warm_batch_sizes(max_batch)
+        for batch in warm:  # warm-up: first-request costs paid now
             runtime.run(warm_feeds(spec, batch, arch=arch))
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
-        log.info("loaded %s (%s)", stored.tag, runtime.kind)
+        log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
+                 ", ".join(map(str, warm)))
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:

@@ -18,8 +18,12 @@ import bentoml
 from services.app import create_app, create_hot_app
 from services.config import get_config
 from services.dataplane import PLANE
+from services.runtimes import check_device
 
 CONFIG = get_config()
+# Issue 13: device=cuda without a usable GPU stops `bentoml serve` here, in the main process, with
+# the reason; inside a worker the same error would only restart the worker forever.
+check_device(CONFIG.device, CONFIG.runtime)
 app = create_app()
 hot_app = create_hot_app()
 

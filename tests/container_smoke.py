@@ -10,10 +10,12 @@ One real request per model on 127.0.0.1, each answer checked:
 
 When the served version also exists in the host's store ($BENTOML_HOME), every answer must equal
 what ONNX Runtime gives offline for that version. When SMOKE_BENTO names a bento, the served
-versions must be exactly the ones it carries. Prints one line per model; exit status 1 on failure;
-SMOKE_REPORT=path writes the results as JSON.
+versions must be exactly the ones it carries. Every model must run on SMOKE_DEVICE (default cpu),
+and /v2/models/{m}/config must name the same providers as /v1/models. /v2/health/ready and /v2
+(server metadata) must answer 200. Every check is strict: any failure fails the run. Prints one
+line per check; exit status 1 on failure; SMOKE_REPORT=path writes the results as JSON.
 
-Environment: BASE_URL (default http://127.0.0.1:3000), SMOKE_BENTO, SMOKE_REPORT,
+Environment: BASE_URL (default http://127.0.0.1:3000), SMOKE_BENTO, SMOKE_REPORT, SMOKE_DEVICE,
 SMOKE_MIN_ACCURACY (MNIST, default 0.85), SMOKE_MIN_DIABETES_ACCURACY (default 0.6),
 SMOKE_MIN_PLAIN_TEXT (char-rnn: share of letters, spaces and punctuation, default 0.9).
 Run: python -m tests.container_smoke
@@ -183,56 +185,96 @@ def expected_versions(bento_tag: str) -> dict[str, list[str]]:
     return carried
 
 
+def served_on(c: httpx.Client, name: str, served: dict[str, Any], device: str) -> dict[str, Any]:
+    """Where the model runs, as /v1/models and /v2/models/{m}/config say: the same providers in
+    both, and the expected device (SMOKE_DEVICE)."""
+    listed = served[name]
+    r = c.get(f"/v2/models/{name}/config")
+    check(r.status_code == 200, f"{name}: /v2/models/{name}/config: HTTP {r.status_code}: {r.text[:200]}")
+    params = r.json().get("parameters", {})
+    providers = params.get("execution_providers", {}).get("string_value", "")
+    check(providers == ",".join(listed.get("providers", [])),
+          f"{name}: /v2 config says providers {providers!r}, /v1/models says {listed.get('providers')}")
+    check(listed.get("device") == device, f"{name}: runs on {listed.get('device')} ({providers}), "
+          f"expected {device}")
+    return {"device": listed.get("device"), "providers": providers}
+
+
+def endpoint(c: httpx.Client, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    r = c.get(path)
+    check(r.status_code == 200, f"{path}: HTTP {r.status_code}: {r.text[:200]}")
+    body = r.json()
+    check(all(k in body for k in keys), f"{path}: {body} lacks one of {keys}")
+    return {"status": r.status_code}
+
+
 def main() -> int:
+    """Every check is strict: any that fails (an error status, a wrong answer, an exception) fails
+    the smoke test and the report."""
     base = os.environ.get("BASE_URL", "http://127.0.0.1:3000")
+    device = os.environ.get("SMOKE_DEVICE", "cpu")
     mnist = data.load_mnist()
     checks: dict[str, Callable[[httpx.Client], dict[str, Any]]] = {
         "diabetes": diabetes, **{n: mnist_model(n, mnist) for n in MNIST_MODELS}, "char-rnn": char_rnn}
     results: dict[str, Any] = {}
-    failed = []
+    failed: list[str] = []
+
+    def record(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        t0 = time.perf_counter()
+        try:
+            result = {"ok": True, **run(), "ms": round((time.perf_counter() - t0) * 1000, 1)}
+        except Exception as exc:  # any failure, expected or not, fails the smoke test
+            failed.append(name)
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"  {name:<16} FAIL {results[name]['error']}")
+            return None
+        results[name] = result
+        return result
+
     with httpx.Client(base_url=base, timeout=60, trust_env=False) as c:
-        listed = c.get("/v1/models")
-        listed.raise_for_status()
-        served = {m["name"]: m for m in listed.json()["models"]}
-        print("serving:", ", ".join(f"{n}:{m.get('version')}" for n, m in served.items()))
+        listed: list[dict[str, Any]] = []
+
+        def listing() -> dict[str, Any]:
+            listed.extend(c.get("/v1/models").raise_for_status().json()["models"])
+            return {"versions": len(listed)}
+
+        record("listing", listing)
+        served = {m["name"]: m for m in listed}
+        print("serving:", ", ".join(f"{n}:{m.get('version')} on {m.get('device')}"
+                                    for n, m in served.items()))
+        wanted = [n for n in os.environ.get("PODIUM_MODELS", "").split(",") if n] or ALL_MODELS
+        missing = [n for n in wanted if n not in served]
+        if missing:
+            failed.append("listing")
+            print(f"  models missing from /v1/models: {missing}")
         carried = expected_versions(os.environ["SMOKE_BENTO"]) if os.environ.get("SMOKE_BENTO") else {}
+
+        def model_check(name: str, run: Callable[[httpx.Client], dict[str, Any]]) -> dict[str, Any]:
+            result = run(c)
+            if carried:
+                check(result["version"] in carried.get(name, []),
+                      f"{name}: serves {result['version']}, the bento carries {carried.get(name)}")
+            check(served[name].get("runtime") == "onnx", f"{name}: runtime {served[name].get('runtime')}")
+            return {**result, **served_on(c, name, served, device)}
+
         for name, run in checks.items():
             if name not in served:
-                print(f"  {name:<16} SKIP (not served)")
-                continue
-            t0 = time.perf_counter()
-            try:
-                result = run(c)
-                if carried:
-                    check(result["version"] in carried.get(name, []),
-                          f"{name}: serves {result['version']}, the bento carries {carried.get(name)}")
-                check(served[name].get("runtime") == "onnx", f"{name}: runtime {served[name].get('runtime')}")
-                result["ms"] = round((time.perf_counter() - t0) * 1000, 1)
-                results[name] = {"ok": True, **result}
+                continue  # counted above as missing when it should be served
+            result = record(name, lambda name=name, run=run: model_check(name, run))
+            if result is not None:
                 extra = (f"accuracy {result['accuracy']:.3f}" if "accuracy" in result
                          else f"text {result['text'][:40]!r}")
                 print(f"  {name:<16} OK   {result['version']}  {result['items']:>4} item(s)  {extra}"
-                      f"{'  = offline ONNX' if result.get('offline_equal') else ''}  {result['ms']} ms")
-            except (SmokeFailure, httpx.HTTPError, KeyError, ValueError) as exc:
-                failed.append(name)
-                results[name] = {"ok": False, "error": str(exc)}
-                print(f"  {name:<16} FAIL {exc}")
-        ready = c.get("/v2/health/ready")
-        if ready.status_code != 200:
-            failed.append("oip-ready")
-        print(f"  /v2/health/ready {'OK' if ready.status_code == 200 else 'FAIL'} ({ready.status_code})")
-        # Known: services/protocol.py reads the installed `podium` distribution's version, which a
-        # bento does not carry (the fix is in results/container/README.md); reported, not failed.
-        meta = c.get("/v2")
-        results["oip-server-metadata"] = {"ok": meta.status_code == 200, "status": meta.status_code}
-        print(f"  /v2 (server metadata) {'OK' if meta.status_code == 200 else 'WARN'} ({meta.status_code})")
-        missing = [n for n in ALL_MODELS if n not in served]
-        if missing and not os.environ.get("PODIUM_MODELS"):
-            failed.append("listing")
-            print(f"  models missing from /v1/models: {missing}")
+                      f"{'  = offline ONNX' if result.get('offline_equal') else ''}  on {result['device']} "
+                      f"({result['providers']})  {result['ms']} ms")
+        for name, path, keys in (("oip-ready", "/v2/health/ready", ()),
+                                 ("oip-server-metadata", "/v2", ("name", "version", "extensions"))):
+            if record(name, lambda path=path, keys=keys: endpoint(c, path, keys)) is not None:
+                print(f"  {path:<16} OK")
     if os.environ.get("SMOKE_REPORT"):
         with open(os.environ["SMOKE_REPORT"], "w") as fh:
-            json.dump({"base_url": base, "ok": not failed, "models": results}, fh, indent=2)
+            json.dump({"base_url": base, "device": device, "ok": not failed, "failed": failed,
+                       "models": results}, fh, indent=2)
     print("container smoke:", "FAIL " + ", ".join(failed) if failed else "PASS")
     return 1 if failed else 0
 

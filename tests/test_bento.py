@@ -192,16 +192,18 @@ def test_pinned_versions_are_what_the_bento_carries(tiny_store: Path, tmp_path: 
 def test_gpu_variant_swaps_onnxruntime_for_the_gpu_extra(built: tuple[str, Path, Path]) -> None:
     _, _, home = built
     proc = subprocess.run([sys.executable, "deploy/bentofile.py", "--gpu"], cwd=ROOT, capture_output=True,
-                          text=True, env=store_env(home, PODIUM_BASE_IMAGE="podium-base:cuda12.8-py311"),
-                          timeout=120)
+                          text=True, env=store_env(home), timeout=120)
     assert proc.returncode == 0, proc.stderr
     spec = yaml.safe_load(proc.stdout)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     packages = spec["python"]["packages"]
-    assert pyproject["optional-dependencies"]["gpu"][0] in packages
-    assert "onnxruntime" not in {req_name(p) for p in packages}
-    assert len(packages) == len(pyproject["dependencies"])
-    assert {"name": "PODIUM_DEVICE", "value": "cuda"} in spec["envs"]
+    gpu = pyproject["optional-dependencies"]["gpu"]
+    assert set(gpu) <= set(packages)  # onnxruntime-gpu and the CUDA/cuDNN wheels it loads
+    names = {req_name(p) for p in packages}
+    assert "onnxruntime" not in names and "torch" not in names
+    assert len(packages) == len(pyproject["dependencies"]) - 1 + len(gpu)
+    # the image starts without a GPU (CPU provider, one warning) and uses CUDA where there is one
+    assert {"name": "PODIUM_DEVICE", "value": "auto"} in spec["envs"]
 
 
 def test_base_image_follows_podium_base_image(built: tuple[str, Path, Path], tmp_path: Path) -> None:
@@ -301,6 +303,24 @@ def test_container_smoke_checks_pass_against_a_local_server(server, tiny_store: 
                                         SMOKE_MIN_ACCURACY="0", SMOKE_MIN_DIABETES_ACCURACY="0",
                                         SMOKE_MIN_PLAIN_TEXT="0"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = json.loads(report.read_text())["models"]
-    assert {name for name, r in results.items() if r["ok"]} >= set(MODEL_NAMES)
+    smoke = json.loads(report.read_text())
+    results = smoke["models"]
+    assert smoke["ok"] and all(r["ok"] for r in results.values()), results  # /v2 included: strict
+    assert set(results) >= {*MODEL_NAMES, "listing", "oip-ready", "oip-server-metadata"}
     assert results["diabetes"]["offline_equal"] and results["mnist-googlenet"]["offline_equal"]
+    assert {results[n]["device"] for n in MODEL_NAMES} == {"cpu"}
+
+
+def test_container_smoke_fails_when_any_check_fails(server, tiny_store: Path, tmp_path: Path) -> None:
+    """Issue 13: no check is downgraded to a warning. Expecting a GPU of a CPU server fails every
+    model's check, the exit status and the report."""
+    report = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.container_smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env=store_env(tiny_store, BASE_URL=server.url, SMOKE_REPORT=str(report),
+                                        SMOKE_MIN_ACCURACY="0", SMOKE_MIN_DIABETES_ACCURACY="0",
+                                        SMOKE_MIN_PLAIN_TEXT="0", SMOKE_DEVICE="cuda"))
+    assert proc.returncode == 1 and "container smoke: FAIL" in proc.stdout
+    smoke = json.loads(report.read_text())
+    assert not smoke["ok"] and set(smoke["failed"]) == set(MODEL_NAMES)
+    assert "expected cuda" in smoke["models"]["mnist-cnn"]["error"]

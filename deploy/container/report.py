@@ -1,12 +1,15 @@
 """Run the whole container path once and write its report (results/container/ by default).
 
     make container-report                 # = python deploy/container/report.py results/container
+    make container-gpu-report             # the GPU image: ... results/container --gpu
     FORCE_BASE=1 make container-report    # also rebuild the debootstrap base from scratch
 
 Steps, each timed: the base image (build-base.sh; skipped when it exists unless FORCE_BASE=1),
 `make bento`, `make container` (bento + `bentoml containerize`), `make container-lint`
-(hadolint), `make container-smoke`. Writes report.json (everything) and README.md (a summary);
-stops at the first failing step, writing what it has.
+(hadolint), `make container-smoke` (for --gpu: GPU=1, `make container-gpu`, `make
+container-gpu-smoke`). Writes report.json / report-gpu.json (everything) and README.md (a summary
+of both); stops at the first failing step, writing what it has. The report passes only if every
+step and every smoke check passed.
 """
 
 from __future__ import annotations
@@ -34,14 +37,28 @@ def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+REPORTS = {"cpu": "report.json", "gpu": "report-gpu.json"}
+
+
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results" / "container")
+    args = [a for a in sys.argv[1:] if a != "--gpu"]
+    variant = "gpu" if "--gpu" in sys.argv[1:] else "cpu"
+    out = Path(args[0] if args else ROOT / "results" / "container")
     out.mkdir(parents=True, exist_ok=True)
+    build_dir = Path(os.environ.get("BENTO_BUILD_DIR")
+                     or Path(os.environ.get("TMPDIR") or "/tmp") / "podium-bento-build")
     make = ["make", "--no-print-directory"]
-    image = os.environ.get("IMAGE", "podium:latest")
+    targets = {"bento": ["bento"], "container": ["container"], "lint": ["container-lint"],
+               "smoke": ["container-smoke"]}
+    if variant == "gpu":  # mk/container.mk's GPU_BUILD_DIR: the GPU bento's own build folder
+        build_dir = build_dir.with_name(build_dir.name + "-gpu")
+        gpu_bento = [f"BENTO_BUILD_DIR={build_dir}"]
+        targets = {"bento": ["bento", "GPU=1", *gpu_bento], "container": ["container-gpu"],
+                   "lint": ["container-lint", *gpu_bento], "smoke": ["container-gpu-smoke"]}
+    image = os.environ.get("IMAGE", "podium-gpu:latest" if variant == "gpu" else "podium:latest")
     base = os.environ.get("PODIUM_BASE_IMAGE", "localhost/podium-base:bookworm-py311")
     report: dict = {
-        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "variant": variant, "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git": sh("git rev-parse --short HEAD"), "host": {
             "cpus": os.cpu_count(), "podman": sh("podman --version"), "kernel": sh("uname -r"),
             "bentoml": sh(f"{ROOT}/.venv/bin/bentoml --version 2>/dev/null | tail -n1").split()[-1]},
@@ -50,8 +67,8 @@ def main() -> int:
 
     def finish(ok: bool) -> int:
         report["ok"] = ok
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "README.md").write_text(summary(report))
+        (out / REPORTS[variant]).write_text(json.dumps(report, indent=2) + "\n")
+        (out / "README.md").write_text(readme(out))
         print(summary(report))
         return 0 if ok else 1
 
@@ -65,18 +82,15 @@ def main() -> int:
                                             if line.startswith("[build-base"))
     if steps["base"]["rc"]:
         return finish(False)
-    for name, target, env in (("bento", "bento", None), ("container", "container", None),
-                              ("lint", "container-lint", None),
-                              ("smoke", "container-smoke", {"SMOKE_REPORT": str(out / "smoke.json")})):
-        steps[name] = run([*make, target], env=env)
+    for name, env in (("bento", None), ("container", None), ("lint", None),
+                      ("smoke", {"SMOKE_REPORT": str(out / "smoke.json")})):
+        steps[name] = run([*make, *targets[name]], env=env)
         if name == "container":
             steps[name]["output"] = "\n".join(  # the build log is long; keep the outcome
                 line for line in steps[name]["output"].splitlines()
                 if not line.startswith("INFO:  ") and "STEP" not in line and "-->" not in line)[-3000:]
         if steps[name]["rc"] and name != "lint":
             return finish(False)
-    build_dir = Path(os.environ.get("BENTO_BUILD_DIR")
-                     or Path(os.environ.get("TMPDIR") or "/tmp") / "podium-bento-build")
     report["bento"] = (build_dir / "bento-tag").read_text().strip()
     report["image"] = {
         "name": image, "bytes": int(sh(f"podman image inspect --format '{{{{.Size}}}}' {image}") or 0),
@@ -95,7 +109,8 @@ def main() -> int:
         report["smoke"] = json.loads((out / "smoke.json").read_text())
         (out / "smoke.json").unlink()
     report["leftover_containers"] = sh("podman ps -a --filter name=podium-smoke --format '{{.Names}}'")
-    return finish(steps["lint"]["rc"] == 0 and not report["leftover_containers"])
+    return finish(steps["lint"]["rc"] == 0 and not report["leftover_containers"]
+                  and report.get("smoke", {}).get("ok", False))
 
 
 def layer(line: str) -> str:
@@ -104,17 +119,32 @@ def layer(line: str) -> str:
     return f"{size:>9}  {step[:100]}"
 
 
+def readme(out: Path) -> str:
+    """Both images' summaries, from whichever reports exist."""
+    parts = ["# Container builds and smoke tests", "",
+             "Produced by `make container-report` (the CPU image) and `make container-gpu-report` (the GPU "
+             "image, smoke-tested on this machine, which has no GPU); raw data in report.json and "
+             "report-gpu.json.", ""]
+    for name in REPORTS.values():
+        if (out / name).is_file():
+            parts.append(summary(json.loads((out / name).read_text())))
+    return "\n".join(parts)
+
+
 def summary(r: dict) -> str:
     s = r["steps"]
-    lines = [f"# Container build and smoke: last run {r['when']} (git {r['git']})", "",
+    title = ("GPU image (onnxruntime-gpu + CUDA/cuDNN wheels), on a machine without a GPU"
+             if r.get("variant") == "gpu" else "CPU image")
+    lines = [f"## {title}: last run {r['when']} (git {r['git']})", "",
              f"Host: {r['host']['cpus']} CPUs, {r['host']['podman']}, BentoML {r['host']['bentoml']}; "
-             f"store `{r['store']}`. Produced by `make container-report` (deploy/container/report.py); "
-             "raw data in report.json.", "",
+             f"store `{r['store']}`.", "",
              f"Result: **{'PASS' if r.get('ok') else 'FAIL'}**", "", "| step | seconds | result |",
              "|---|---:|---|"]
-    labels = {"base": "base image (build-base.sh)", "bento": "`make bento`",
-              "container": "`make container` (bento + containerize)", "lint": "`make container-lint`",
-              "smoke": "`make container-smoke` (start, /readyz, checks, stop)"}
+    gpu = " GPU=1" if r.get("variant") == "gpu" else ""
+    labels = {"base": "base image (build-base.sh)", "bento": f"`make bento{gpu}`",
+              "container": f"`make container{'-gpu' if gpu else ''}` (bento + containerize)",
+              "lint": f"`make container-lint{gpu}`",
+              "smoke": f"`make container{'-gpu' if gpu else ''}-smoke` (start, /readyz, checks, stop)"}
     for key, label in labels.items():
         if key in s:
             note = ""
@@ -129,16 +159,25 @@ def summary(r: dict) -> str:
     if r.get("bento_models"):
         lines += ["", f"Models carried: `{r['bento_models']}`"]
     if r.get("smoke"):
-        lines += ["", "Smoke checks (one request per model on 127.0.0.1, --network=host):", ""]
-        for name, m in r["smoke"]["models"].items():
-            detail = (f"accuracy {m['accuracy']:.3f} on {m['items']} real item(s)" if "accuracy" in m
-                      else m.get("text", "")[:50].replace("\n", " ") if "text" in m else m.get("error", ""))
-            if "status" in m:  # /v2 server metadata: reported, not failed (see tests/container_smoke.py)
-                detail = f"HTTP {m['status']}" + ("" if m["ok"] else " (known: services/protocol.py reads "
-                                                  "the installed `podium` version, absent from a bento)")
+        smoke = r["smoke"]
+        lines += ["", f"Smoke checks (strict: any failure fails the run; one request per model on 127.0.0.1, "
+                  f"--network=host; every model expected on {smoke.get('device', 'cpu')}):", ""]
+        for name, m in smoke["models"].items():
+            if "accuracy" in m:
+                detail = f"accuracy {m['accuracy']:.3f} on {m['items']} real item(s)"
+            elif "text" in m:
+                detail = m["text"][:50].replace("\n", " ")
+            elif "status" in m:
+                detail = f"HTTP {m['status']}"
+            else:
+                detail = m.get("error", "")
+            where = f" on {m['device']} ({m['providers']})" if "providers" in m else ""
             lines.append(f"- {name}: {'ok' if m['ok'] else 'NOT OK'} {m.get('version', '')} {detail}"
-                         f"{' (equals offline ONNX)' if m.get('offline_equal') else ''}"
+                         f"{' (equals offline ONNX)' if m.get('offline_equal') else ''}{where}"
                          f"{' ' + str(m['ms']) + ' ms' if 'ms' in m else ''}")
+        logged = [line.split("] ", 1)[1] for line in s.get("smoke", {}).get("output", "").splitlines()
+                  if line.startswith("[smoke") and "] log: " in line]
+        lines += [f"- container {line}" for line in logged]  # e.g. the GPU image's CPU-fallback warning
     if "hadolint" in r:
         levels = {}
         for f in r["hadolint"]:

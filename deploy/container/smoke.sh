@@ -12,6 +12,8 @@
 #   READY_TIMEOUT   seconds to wait for /readyz          (default 180)
 #   CHECK_TIMEOUT   seconds the check may take           (default 120)
 #   PODMAN_RUN_ARGS extra `podman run` arguments, e.g. "-v /srv/store:/store:ro -e BENTOML_HOME=/store"
+#   EXPECT_LOG_ONCE a fixed string the container log must hold exactly once (e.g. the GPU image's
+#                   CPU-fallback warning: once per process, not once per model)
 #   KEEP_LOGS=1     print the container log even on success
 #
 # Networking is always --network=host (podman's default bridge is not used) and the server binds
@@ -87,5 +89,12 @@ else
     say "check: default (/livez, /metrics)"
     timeout "$CHECK_TIMEOUT" bash -c 'curl -fsS --max-time 5 "$BASE_URL/livez" >/dev/null &&
         curl -fsS --max-time 5 "$BASE_URL/metrics" | grep -q "^# TYPE"'
+fi
+if [[ -n "${EXPECT_LOG_ONCE:-}" ]]; then
+    n="$(timeout 20 podman logs "$cid" 2>&1 | grep -cF -- "$EXPECT_LOG_ONCE" || true)"
+    if [[ "$n" != 1 ]]; then
+        echo "smoke: the container log holds \"$EXPECT_LOG_ONCE\" $n time(s), expected once" >&2; exit 1
+    fi
+    say "log: \"$EXPECT_LOG_ONCE\" exactly once"
 fi
 say "PASS ($IMAGE)"
