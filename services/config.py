@@ -70,6 +70,20 @@ class ServeConfig(BaseModel):
     rollout_shadow_inflight: int = Field(64, ge=1,
                                          description="shadow copies in flight per worker; more "
                                                      "are skipped, never queued")
+    # -- process and connection hardening (issue 10, engineer proc) --------------------------
+    strict: bool = Field(False, description="a model version that fails to load stops start-up "
+                                            "(exit non-zero) instead of being served as not ready")
+    drain_grace_s: float = Field(20.0, ge=0, le=3600,
+                                 description="on SIGTERM, how long in-flight requests may run "
+                                             "while readiness is 503 and new work is refused")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600,
+                                    description="a request's headers must arrive within this "
+                                                "time of its first byte (or of the connection)")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                  description="a request's whole body must arrive within this "
+                                              "time of its headers")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                  description="request line plus headers; more gets 431")
 
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one

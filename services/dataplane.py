@@ -27,10 +27,15 @@ class DataPlane:
         self.repository: Repository | None = None
         self.metrics: Any = None
         self.rollout: Rollout | None = None
+        self.draining = False  # set on SIGTERM (services.worker): readiness turns 503 at once
 
     @property
     def ready(self) -> bool:
-        return self.repository is not None and self.repository.ready
+        """Readiness (``/readyz``, ``/v2/health/ready``): loading finished, at least one model
+        serves (a version that failed to load is "not ready" on its own), not draining."""
+        repository = self.repository
+        return (repository is not None and repository.ready and bool(repository.stable)
+                and not self.draining)
 
     def start(self, config: ServeConfig | None = None) -> None:
         from services.metrics import get_metrics

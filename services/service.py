@@ -4,7 +4,8 @@
 The Podium HTTP API is a FastAPI app mounted into the service, so BentoML keeps its own
 ``/livez``, ``/readyz``, ``/metrics`` and OpenAPI page, and our routes appear in that page.
 Every configured model is loaded and warmed in ``__init__``; ``__is_ready__`` reports ready only
-after that.
+after that. BentoML's app is served behind ``services.edge`` (JSON errors, bounded metric labels)
+and each worker's uvicorn gets ``services.worker`` (SIGTERM drain, slow-client limits).
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 
 import bentoml
 
+from services import edge, worker
 from services.app import create_app, create_hot_app
 from services.config import get_config
 from services.dataplane import PLANE
+from services.repository import preflight
+
+log = logging.getLogger("podium")
 
 CONFIG = get_config()
 app = create_app()
@@ -47,7 +53,16 @@ IMAGE = bentoml.images.Image(
 class Podium:
     def __init__(self) -> None:
         logging.getLogger("podium").setLevel(logging.INFO)
-        PLANE.start(CONFIG)
+        try:
+            PLANE.start(CONFIG)
+        except Exception as exc:
+            if not CONFIG.strict:
+                raise
+            # strict, and a failure the pre-flight could not see (a runtime that will not load
+            # a verified file): stop the whole server rather than let circus restart us forever.
+            log.critical("podium: strict start-up failed: %s", exc)
+            os.kill(os.getppid(), signal.SIGTERM)
+            raise
         # Everything loaded so far (BentoML, FastAPI, ONNX Runtime, the models) lives as long as
         # the process: take it out of the cyclic GC, whose full passes over that heap otherwise
         # stall every in-flight request for ~0.2 s under load.
@@ -57,3 +72,13 @@ class Podium:
 
     def __is_ready__(self) -> bool:
         return PLANE.ready
+
+    @bentoml.on_deployment
+    def check_store() -> None:
+        """Runs once in ``bentoml serve``'s own process before any worker starts: with
+        ``strict``, a version that is missing or fails its checksums stops start-up here."""
+        if CONFIG.strict and (problems := preflight(CONFIG)):
+            raise SystemExit(f"podium: strict start-up failed: {'; '.join(problems)}")
+
+
+edge.install(Podium, on_startup=lambda front: worker.start(CONFIG, front, PLANE))
