@@ -175,7 +175,7 @@ class Edge:
             if reply.started:
                 raise
             log.exception("unhandled error answering %s %s", method, _echo(scope))
-            await send_json_error(send, 500, "internal error")
+            await send_json_error(send, 500, "internal server error")
         finally:
             self.inflight -= 1
 
