@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import httpx
+import kubernetes_validate
 import psutil
 import pytest
+import yaml
 
 from services.config import load_config
 from services.launch import BENTOML, ROOT, free_port, serve, stop
@@ -229,3 +231,21 @@ def test_strict_start_up_fails_fast_with_one_line(broken_store: Path) -> None:
     failed = [line for line in output if "strict start-up failed" in line]
     assert len(failed) == 1 and "mnist-cnn" in failed[0] and "checksum" in failed[0], output[-5:]
     assert "Traceback" not in proc.stderr
+
+
+# -- Kubernetes ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("manifest", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_manifests_leave_time_for_the_drain(manifest: str) -> None:
+    """Valid Deployments whose shutdown fits: preStop sleep + drain_grace_s + 10 s for the
+    workers to exit ≤ terminationGracePeriodSeconds (after which Kubernetes sends SIGKILL)."""
+    (deployment,) = yaml.safe_load_all((ROOT / "deploy" / "k8s" / manifest).read_text())
+    kubernetes_validate.validate(deployment, "1.30.0", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    grace = float(env.get("PODIUM_DRAIN_GRACE_S") or load_config().drain_grace_s)
+    assert float(pre_stop[1]) + grace + 10 <= pod["terminationGracePeriodSeconds"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
