@@ -94,7 +94,7 @@ def test_sigterm_drains_in_flight_work_then_exits_0(tiny_store: Path, tmp_path: 
         while server.proc.poll() is None and len(ready) < 200:
             try:
                 ready.append(httpx.get(f"{server.url}/readyz", timeout=2).status_code)
-                if refused is None:
+                if refused is None and ready[-1] == 503:  # the worker has the signal: draining
                     refused = httpx.post(f"{server.url}/v1/models/mnist-cnn/predict", timeout=2,
                                          json={"instances": [[0.0] * 784]})
             except httpx.HTTPError:
@@ -103,7 +103,8 @@ def test_sigterm_drains_in_flight_work_then_exits_0(tiny_store: Path, tmp_path: 
         loader.join(120)
         assert server.proc.wait(60) == 0
     assert outcomes == [200] * 64, outcomes
-    assert ready and ready[0] == 503 and 200 not in ready, ready
+    # The arbiter passes the signal on within milliseconds: at most the first poll may precede it.
+    assert 503 in ready and ready.index(503) <= 1 and 200 not in ready[ready.index(503):], ready
     assert refused is not None and refused.status_code == 503
     assert refused.headers["connection"] == "close" and "shutting down" in refused.json()["error"]
     _wait_gone(tree, server.port, 10)
