@@ -140,23 +140,12 @@ class Edge:
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan" and self.on_startup is not None:
-            await self.app(scope, receive, self._lifespan_send(send))
-        else:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.on_startup is not None:
+                send = self._lifespan_send(send)
             await self.app(scope, receive, send)
-
-    def _lifespan_send(self, send: Any) -> Any:
-        async def lifespan_send(message: dict[str, Any]) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                # After uvicorn installed its signal handlers and before it accepts connections.
-                self.on_startup(self)
-            await send(message)
-        return lifespan_send
-
-    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+            return
+        # HTTP, inline: one coroutine per request is this wrapper's whole cost on the hot path.
         if scope["http_version"] == "1.1" and not _has_host(scope["headers"]):
             await send_json_error(send, 400, "an HTTP/1.1 request must send a Host header", close=True)
             return
@@ -178,6 +167,14 @@ class Edge:
             await send_json_error(send, 500, "internal server error")
         finally:
             self.inflight -= 1
+
+    def _lifespan_send(self, send: Any) -> Any:
+        async def lifespan_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                # After uvicorn installed its signal handlers and before it accepts connections.
+                self.on_startup(self)
+            await send(message)
+        return lifespan_send
 
 
 # -- route templates for BentoML's request metrics ------------------------------------------------

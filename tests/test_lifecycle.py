@@ -92,8 +92,9 @@ def test_sigterm_drains_in_flight_work_then_exits_0(tiny_store: Path, tmp_path: 
         server.proc.send_signal(signal.SIGTERM)
         ready, refused = [], None
         while server.proc.poll() is None and len(ready) < 200:
+            path = "/readyz" if len(ready) % 2 else "/v2/health/ready"
             try:
-                ready.append(httpx.get(f"{server.url}/readyz", timeout=2).status_code)
+                ready.append(httpx.get(f"{server.url}{path}", timeout=2).status_code)
                 if refused is None and ready[-1] == 503:  # the worker has the signal: draining
                     refused = httpx.post(f"{server.url}/v1/models/mnist-cnn/predict", timeout=2,
                                          json={"instances": [[0.0] * 784]})
