@@ -54,6 +54,15 @@ def _wait_gone(procs: list[psutil.Process], port: int, timeout: float) -> None:
     assert not _port_open(port)
 
 
+@pytest.fixture(scope="module")
+def store(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny store: `bentoml serve` empties the Prometheus directory under its
+    BENTOML_HOME at start, which would wipe the metrics of the session's server."""
+    home = tmp_path_factory.mktemp("lifecycle-home")
+    shutil.copytree(tiny_store / "models", home / "models")
+    return home
+
+
 # -- SIGTERM drain ------------------------------------------------------------------------------
 def _load(url: str, sent: list[int]) -> list[object]:
     """16 long char-rnn generations and 48 image batches at once; their outcomes."""
@@ -77,9 +86,9 @@ def _load(url: str, sent: list[int]) -> list[object]:
     return asyncio.run(run())
 
 
-def test_sigterm_drains_in_flight_work_then_exits_0(tiny_store: Path, tmp_path: Path) -> None:
+def test_sigterm_drains_in_flight_work_then_exits_0(store: Path, tmp_path: Path) -> None:
     """Before: the 64 requests in flight failed with read errors and /readyz was refused."""
-    with serve(tiny_store, tmp_path, env={**MODELS, "PODIUM_DRAIN_GRACE_S": "60"}) as server:
+    with serve(store, tmp_path, env={**MODELS, "PODIUM_DRAIN_GRACE_S": "60"}) as server:
         tree = _tree(server.proc.pid)
         sent: list[int] = []
         outcomes: list[object] = []
@@ -112,10 +121,10 @@ def test_sigterm_drains_in_flight_work_then_exits_0(tiny_store: Path, tmp_path: 
 
 
 # -- the process tree ---------------------------------------------------------------------------
-def test_sigterm_to_podium_serve_stops_the_whole_tree(tiny_store: Path, tmp_path: Path) -> None:
+def test_sigterm_to_podium_serve_stops_the_whole_tree(store: Path, tmp_path: Path) -> None:
     """Before: `podium serve` died of the signal and left `bentoml serve` and its worker serving."""
     port = free_port()
-    env = {**os.environ, **MODELS, "BENTOML_HOME": str(tiny_store), "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**os.environ, **MODELS, "BENTOML_HOME": str(store), "BENTOML_DO_NOT_TRACK": "true"}
     with open(tmp_path / "serve.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "podium.cli", "serve", "--port", str(port)],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -139,11 +148,11 @@ def test_sigterm_to_podium_serve_stops_the_whole_tree(tiny_store: Path, tmp_path
         stop(proc, grace_s=5)
 
 
-def test_stop_kills_the_whole_tree_when_a_drain_outlasts_its_grace(tiny_store: Path,
+def test_stop_kills_the_whole_tree_when_a_drain_outlasts_its_grace(store: Path,
                                                                    tmp_path: Path) -> None:
     """stop() with a grace shorter than the drain SIGKILLs every process of the tree, the worker
     included (before: a process-group SIGKILL missed the worker, which kept answering)."""
-    with serve(tiny_store, tmp_path, env=MODELS) as server:
+    with serve(store, tmp_path, env=MODELS) as server:
         tree = _tree(server.proc.pid)
         outcome: list[object] = []
 
@@ -163,10 +172,10 @@ def test_stop_kills_the_whole_tree_when_a_drain_outlasts_its_grace(tiny_store: P
         assert isinstance(outcome[0], httpx.HTTPError)  # it was in flight when the tree died
 
 
-def test_an_orphaned_worker_stops_itself(tiny_store: Path, tmp_path: Path) -> None:
+def test_an_orphaned_worker_stops_itself(store: Path, tmp_path: Path) -> None:
     """SIGKILL to `bentoml serve`'s process group alone: its worker (in its own group) notices
     the parent is gone, drains and exits, closing the port."""
-    with serve(tiny_store, tmp_path, env=MODELS) as server:
+    with serve(store, tmp_path, env=MODELS) as server:
         tree = _tree(server.proc.pid)
         assert any(os.getpgid(p.pid) != os.getpgid(server.proc.pid) for p in tree)
         os.killpg(server.proc.pid, signal.SIGKILL)
@@ -179,7 +188,7 @@ def broken_store(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The tiny store with a flipped byte in mnist-cnn's model.onnx, char-rnn's vocab.json gone
     and mnist-resnet's model.onnx truncated."""
     store = tmp_path_factory.mktemp("broken") / "store"
-    shutil.copytree(tiny_store, store)
+    shutil.copytree(tiny_store / "models", store / "models")
 
     def version_dir(name: str) -> Path:
         return next(p for p in (store / "models" / name).iterdir() if p.is_dir())
