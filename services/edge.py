@@ -63,7 +63,8 @@ def _echo(scope: Scope) -> str:
 
 class _Reply:
     """One request's ``send``: passes a success through; turns an error answer whose body is not
-    Podium's ``{"error": ...}`` JSON into one."""
+    ``{"error": ...}`` JSON (the framework's plain-text 404/405/500, FastAPI's ``{"detail": ...}``)
+    into one. ``started``: whether an answer has gone downstream."""
 
     __slots__ = ("scope", "send", "start", "buffer", "started")
 
@@ -76,30 +77,38 @@ class _Reply:
     async def __call__(self, message: dict[str, Any]) -> None:
         if self.buffer is None:
             if message["type"] == "http.response.start":
-                self.started = True
                 if message["status"] >= 400:
                     self.start, self.buffer = message, bytearray()
                     return
+                self.started = True
             await self.send(message)
             return
         body = message.get("body", b"")
-        if not self.buffer and body.startswith(b'{"error"'):  # already Podium's shape: stream it
-            start, self.buffer = self.start, None
-            await self.send(start)
-            await self.send(message)
+        if not self.buffer and body.startswith(b'{"error"'):  # Podium's shape: stream it as it is
+            await self._forward(body, message.get("more_body", False))
             return
         if len(self.buffer) < ERROR_BODY_MAX:
             self.buffer += body[:ERROR_BODY_MAX - len(self.buffer)]
-        if not message.get("more_body", False):
-            await self._rewrite()
+        if message.get("more_body", False):
+            return
+        payload = _json_object(self.buffer)
+        if payload is not None and "error" in payload:  # JSON with "error" in another place
+            await self._forward(bytes(self.buffer), False)
+            return
+        self.started = True
+        headers = list(self.start.get("headers", ()))
+        await send_json_error(self.send, self.start["status"],
+                              self._message(self.start["status"], headers, payload), headers=headers)
 
-    async def _rewrite(self) -> None:
-        start = self.start
-        status = start["status"]
-        headers = list(start.get("headers", ()))
-        await send_json_error(self.send, status, self._message(status, headers), headers=headers)
+    async def _forward(self, body: bytes, more_body: bool) -> None:
+        start, self.buffer, self.started = self.start, None, True
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
 
-    def _message(self, status: int, headers: list[tuple[bytes, bytes]]) -> str:
+    def _message(self, status: int, headers: list[tuple[bytes, bytes]],
+                 payload: dict[str, Any] | None) -> str:
+        if payload is not None and "detail" in payload:  # FastAPI's shape
+            return str(payload["detail"])
         method, path = self.scope["method"], _echo(self.scope)
         if status == 404:
             return f"no route for {method} {path}"
@@ -111,13 +120,17 @@ class _Reply:
         except ValueError:
             phrase = f"HTTP {status}"
         text = bytes(self.buffer).decode("utf-8", "replace").strip()
-        if text.startswith("{"):
-            try:  # FastAPI's {"detail": ...}
-                detail = orjson.loads(text)
-                text = str(detail.get("detail", text)) if isinstance(detail, dict) else text
-            except orjson.JSONDecodeError:
-                pass
-        return text if text and text != phrase else phrase.lower()
+        return text if text and text != phrase and payload is None else phrase.lower()
+
+
+def _json_object(body: bytearray) -> dict[str, Any] | None:
+    if not body.startswith(b"{"):
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _has_host(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -39,8 +39,12 @@ def _inner() -> Starlette:
     async def podium(request):
         return JSONResponse({"error": "already Podium's", "field": "x"}, status_code=400)
 
+    async def unknown_model(request):  # "error" not first: still passed on as it is
+        return JSONResponse({"ready": False, "error": "model 'm' is not served"}, status_code=404)
+
     return Starlette(routes=[Route("/ok", ok, methods=["GET", "POST"]),
                              Route("/detail", detail), Route("/podium", podium),
+                             Route("/unknown-model", unknown_model),
                              Route("/post-only", ok, methods=["POST"])])
 
 
@@ -67,6 +71,8 @@ def test_framework_errors_become_json_and_podium_errors_pass_unchanged() -> None
             r = await client.get("/podium")
             assert (r.status_code, r.json()) == (400, {"error": "already Podium's", "field": "x"})
             assert r.headers["content-type"] == "application/json"
+            r = await client.get("/unknown-model")
+            assert (r.status_code, r.json()) == (404, {"ready": False, "error": "model 'm' is not served"})
             r = await client.get("/" + "x" * 5000)  # the echoed path is clipped
             assert r.status_code == 404 and len(r.json()["error"]) < 300
     asyncio.run(run())
