@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 
 import bentoml
 
@@ -22,8 +21,6 @@ from services.app import create_app, create_hot_app
 from services.config import get_config
 from services.dataplane import PLANE
 from services.repository import preflight
-
-log = logging.getLogger("podium")
 
 CONFIG = get_config()
 app = create_app()
@@ -56,12 +53,8 @@ class Podium:
         try:
             PLANE.start(CONFIG)
         except Exception as exc:
-            if not CONFIG.strict:
-                raise
-            # strict, and a failure the pre-flight could not see (a runtime that will not load
-            # a verified file): stop the whole server rather than let circus restart us forever.
-            log.critical("podium: strict start-up failed: %s", exc)
-            os.kill(os.getppid(), signal.SIGTERM)
+            if CONFIG.strict:  # a failure the pre-flight could not see (e.g. device=cuda, no GPU)
+                worker.fail_start_up(exc)
             raise
         # Everything loaded so far (BentoML, FastAPI, ONNX Runtime, the models) lives as long as
         # the process: take it out of the cyclic GC, whose full passes over that heap otherwise
@@ -76,9 +69,13 @@ class Podium:
     @bentoml.on_deployment
     def check_store() -> None:
         """Runs once in ``bentoml serve``'s own process before any worker starts: with
-        ``strict``, a version that is missing or fails its checksums stops start-up here."""
-        if CONFIG.strict and (problems := preflight(CONFIG)):
+        ``strict``, a version that is missing or fails its checksums stops start-up here, and a
+        worker's later load failure makes this process exit 1 (``services.worker``)."""
+        if not CONFIG.strict:
+            return
+        if problems := preflight(CONFIG):
             raise SystemExit(f"podium: strict start-up failed: {'; '.join(problems)}")
+        worker.watch_strict_failures()
 
 
 edge.install(Podium, on_startup=lambda front: worker.start(CONFIG, front, PLANE))

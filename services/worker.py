@@ -23,10 +23,14 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -224,3 +228,34 @@ def start(config: ServeConfig, edge: Any, plane: Any) -> Lifecycle | None:
     lifecycle = Lifecycle(config, edge, plane, server)
     lifecycle.start()
     return lifecycle
+
+
+# -- strict start-up across processes ------------------------------------------------------------
+STRICT_FAILURE_ENV = "PODIUM_STRICT_FAILURE_FILE"
+
+
+def watch_strict_failures() -> None:
+    """In ``bentoml serve``'s own process, before it starts workers (they inherit the variable):
+    exit 1 with a worker's start-up failure once the server has stopped."""
+    handle, name = tempfile.mkstemp(prefix="podium-strict-")
+    os.close(handle)
+    os.unlink(name)  # it exists only if a worker failed
+    os.environ[STRICT_FAILURE_ENV] = name
+    atexit.register(_exit_if_a_worker_failed, Path(name))
+
+
+def _exit_if_a_worker_failed(path: Path) -> None:
+    if path.is_file():
+        line = path.read_text()
+        path.unlink()
+        print(line, file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def fail_start_up(exc: Exception) -> None:
+    """In a worker under ``strict``: log one line, leave it for the server process, stop it."""
+    line = f"podium: strict start-up failed: {exc}"
+    log.critical(line)
+    if name := os.environ.get(STRICT_FAILURE_ENV):
+        Path(name).write_text(line)
+    os.kill(os.getppid(), signal.SIGTERM)

@@ -230,18 +230,36 @@ def test_broken_versions_are_not_ready_and_the_rest_serve(broken_store: Path, tm
     assert "mnist-cnn failed to load and is not served" in logs and "checksum" in logs
 
 
-def test_strict_start_up_fails_fast_with_one_line(broken_store: Path) -> None:
-    env = {**os.environ, "BENTOML_HOME": str(broken_store), "PODIUM_STRICT": "true",
-           "BENTOML_DO_NOT_TRACK": "true"}
+def _strict_serve(store: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    full_env = {**os.environ, "BENTOML_HOME": str(store), "PODIUM_STRICT": "true",
+                "BENTOML_DO_NOT_TRACK": "true", **env}
     started = time.monotonic()
     proc = subprocess.run([BENTOML, "serve", "services.service:Podium", "--port", str(free_port())],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert time.monotonic() - started < 60
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120)
+    return proc, time.monotonic() - started
+
+
+def test_strict_start_up_fails_fast_with_one_line(broken_store: Path) -> None:
+    """Checked before any worker starts: exit 1, one line, no traceback."""
+    proc, seconds = _strict_serve(broken_store)
+    assert proc.returncode == 1 and seconds < 60
     output = (proc.stdout + proc.stderr).strip().splitlines()
     failed = [line for line in output if "strict start-up failed" in line]
     assert len(failed) == 1 and "mnist-cnn" in failed[0] and "checksum" in failed[0], output[-5:]
     assert "Traceback" not in proc.stderr
+
+
+def test_strict_stops_on_a_failure_only_loading_shows(store: Path) -> None:
+    """Files fine, runtime refuses (device=cuda without the GPU runtime): the worker stops the
+    server, which exits 1 with the one line last — no restart loop."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    proc, seconds = _strict_serve(store, PODIUM_MODELS="diabetes", PODIUM_DEVICE="cuda")
+    assert proc.returncode == 1 and seconds < 60
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert last.startswith("podium: strict start-up failed: device=cuda"), last
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
