@@ -18,6 +18,9 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
   ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
   periodic sweep checks the deadlines: no timer per request.
+- **Strict start-up.** A worker that cannot load a version under ``strict`` leaves why in a file
+  the server process named and stops the server, which then exits 1 with that one line
+  (BentoML's arbiter itself exits 0 once stopped, and circus would restart the worker forever).
 """
 
 from __future__ import annotations
