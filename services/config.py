@@ -56,7 +56,7 @@ class ServeConfig(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=784)
     max_prompt_chars: int = Field(2000, ge=1)
     max_new_chars: int = Field(2000, ge=1)
-    # --- issue 10, request side (engineer "req"): work and decode bounds per request --------
+    # --- issue 10, request side: work and decode bounds per request ------------------------
     max_request_pixels: int = Field(
         4096 * 4096, ge=784, description="declared pixels of all images of one request, checked "
                                          "from their headers before any is decoded; more → 413")
@@ -118,6 +118,20 @@ class ServeConfig(BaseModel):
         "HEURISTIC", description="cuDNN convolution algorithm search; EXHAUSTIVE re-benchmarks on "
                                  "every new batch size")
     io_binding: bool = Field(True, description="CUDA: bind batched inputs and outputs in device memory")
+    # -- process and connection hardening (issue 10) -------------------------------------------
+    strict: bool = Field(False, description="a model version that fails to load stops start-up "
+                                            "(exit non-zero) instead of being served as not ready")
+    drain_grace_s: float = Field(20.0, ge=0, le=3600,
+                                 description="on SIGTERM, how long in-flight requests may run "
+                                             "while readiness is 503 and new work is refused")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600,
+                                    description="a request's headers must arrive within this "
+                                                "time of its first byte (or of the connection)")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                  description="a request's whole body must arrive within this "
+                                              "time of its headers")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                  description="request line plus headers; more gets 431")
 
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one

@@ -27,13 +27,17 @@ class DataPlane:
         self.repository: Repository | None = None
         self.metrics: Any = None
         self.rollout: Rollout | None = None
+        self.draining = False  # set on SIGTERM (services.worker): readiness turns 503 at once
 
     @property
     def ready(self) -> bool:
-        """Every model loaded and warm, and the rollout state read once (issue 11: a replica
-        that has not seen the shared state must not take traffic)."""
-        return self.repository is not None and self.repository.ready \
-            and self.rollout is not None and self.rollout.ready.is_set()
+        """Readiness (``/readyz``, ``/v2/health/ready``): loading finished, at least one model
+        serves (a version that failed to load is "not ready" on its own), the rollout state read
+        once (issue 11: a replica that has not seen the shared state must not take traffic), and
+        not draining."""
+        repository = self.repository
+        return (repository is not None and repository.ready and bool(repository.stable)
+                and self.rollout is not None and self.rollout.ready.is_set() and not self.draining)
 
     def start(self, config: ServeConfig | None = None) -> None:
         from services.metrics import get_metrics

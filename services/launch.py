@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from services.config import load_config
 
@@ -23,7 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def run_server(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
+    """``bentoml serve`` in the foreground; the signals that stop us (SIGTERM from an init
+    system or Kubernetes, SIGINT from Ctrl+C in another process group) are passed on to it, so
+    it drains and stops instead of being orphaned. Returns its exit status."""
     env = dict(os.environ)
     for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
@@ -32,21 +39,45 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
     cmd = [BENTOML, "serve", "services.service:Podium",
            "--host", cfg.host, "--port", str(cfg.port)]
     print("podium: " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+    def forward(sig: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        return subprocess.call(cmd, cwd=ROOT, env=env)
-    except KeyboardInterrupt:
-        return 130
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """Stop a server started in its own process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    """Stop a server and every process under it: SIGTERM to the server (``bentoml serve`` drains
+    its workers), then after ``grace_s`` SIGKILL to every process of the tree as it was before.
+
+    The tree is listed first because circus starts each worker in its own process group (a
+    process-group kill misses it) and a worker outlives a killed parent."""
+    tree = _tree(proc.pid)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        proc.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    tree += [p for p in _tree(proc.pid) if p not in tree]  # started during the grace period
+    for p in tree:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=10)
+    proc.wait()
 
 
 def free_port() -> int:

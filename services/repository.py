@@ -113,6 +113,8 @@ class Repository:
         self.loaded: dict[str, dict[str, LoadedVersion]] = {}
         self._stable: dict[str, str] = {}  # the one owner of "stable" in this worker
         self.ready = False
+        # model → version (or "newest") → why it did not load
+        self.failed: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -122,17 +124,31 @@ class Repository:
 
     # -- loading ------------------------------------------------------------------------------
     def load_all(self) -> None:
+        """Load every configured version. One that fails (a corrupt or missing file, a runtime
+        that will not load it) is logged and recorded in ``failed`` and the others serve — or,
+        with the ``strict`` setting, the first failure is raised."""
         started = time.perf_counter()
         for name in self.config.models:
             versions = self.config.pinned(name) or [None]
             for i, version in enumerate(versions):
-                loaded = self.load_version(name, version)
+                try:
+                    loaded = self.load_version(name, version)
+                except Exception as exc:
+                    if self.config.strict:
+                        raise
+                    self.failed.setdefault(name, {})[version or "newest"] = str(exc)
+                    log.error("%s failed to load and is not served: %s",
+                              f"{name}:{version}" if version else name, exc)
+                    if i == 0:
+                        break  # without its stable version a model is not served at all
+                    continue
                 if i == 0:
                     self.set_stable(name, loaded.version)
         self.ready = True
-        log.info("ready: %d model(s), %d version(s) loaded and warm in %.2fs",
+        log.info("ready: %d model(s), %d version(s) loaded and warm in %.2fs%s",
                  len(self.stable), sum(len(v) for v in self.loaded.values()),
-                 time.perf_counter() - started)
+                 time.perf_counter() - started,
+                 f"; not served: {', '.join(sorted(self.failed))}" if self.failed else "")
 
     def load_version(self, name: str, version: str | None = None) -> LoadedVersion:
         """Load, verify and warm ``name:version`` (newest when None); idempotent."""
@@ -215,6 +231,9 @@ class Repository:
         if not self.ready:
             raise ModelNotReady("the server is still loading its models")
         versions = self.loaded.get(name)
+        if not versions and name in self.failed:
+            raise ModelNotReady(f"model {name!r} failed to load: "
+                                f"{'; '.join(self.failed[name].values())}")
         if not versions:
             known = ", ".join(sorted(self.loaded)) or "none"
             raise ModelNotFound(f"model {name!r} is not served here; served models: {known}")
@@ -225,6 +244,9 @@ class Repository:
         if version is None:
             return versions[self.stable[name]]
         found = versions.get(version)
+        why = self.failed.get(name, {}).get(version)
+        if found is None and why is not None:
+            raise ModelNotReady(f"version {version!r} of model {name!r} failed to load: {why}")
         if found is None:
             raise ModelNotFound(f"version {version!r} of model {name!r} is not loaded; loaded "
                                 f"versions: {', '.join(versions)}")
@@ -237,3 +259,20 @@ class Repository:
                 out.append({**loaded.describe(), "stable": self.stable.get(name) == version})
         return out
 
+
+
+def preflight(config: ServeConfig) -> list[str]:
+    """What would keep a configured version from loading, found without loading it: missing
+    from the store, or a file missing or failing its checksum. Cheap enough to run before any
+    worker starts (``strict``)."""
+    from models.artifacts import CorruptVersion
+
+    problems = []
+    repository = Repository(config)
+    for name in config.models:
+        for version in config.pinned(name) or [None]:
+            try:
+                repository._find(name, version).verify()
+            except (ModelNotFound, CorruptVersion) as exc:
+                problems.append(str(exc))
+    return problems

@@ -4,7 +4,8 @@
 The Podium HTTP API is a FastAPI app mounted into the service, so BentoML keeps its own
 ``/livez``, ``/readyz``, ``/metrics`` and OpenAPI page, and our routes appear in that page.
 Every configured model is loaded and warmed in ``__init__``; ``__is_ready__`` reports ready only
-after that.
+after that. BentoML's app is served behind ``services.edge`` (JSON errors, bounded metric labels)
+and each worker's uvicorn gets ``services.worker`` (SIGTERM drain, slow-client limits).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import os
 
 import bentoml
 
+from services import edge, worker
 from services.app import create_app, create_hot_app
 from services.config import get_config
 from services.dataplane import PLANE
+from services.repository import preflight
 from services.runtimes import check_device
 
 CONFIG = get_config()
@@ -51,7 +54,12 @@ IMAGE = bentoml.images.Image(
 class Podium:
     def __init__(self) -> None:
         logging.getLogger("podium").setLevel(logging.INFO)
-        PLANE.start(CONFIG)
+        try:
+            PLANE.start(CONFIG)
+        except Exception as exc:
+            if CONFIG.strict:  # a failure the pre-flight could not see (e.g. device=cuda, no GPU)
+                worker.fail_start_up(exc)
+            raise
         # Everything loaded so far (BentoML, FastAPI, ONNX Runtime, the models) lives as long as
         # the process: take it out of the cyclic GC, whose full passes over that heap otherwise
         # stall every in-flight request for ~0.2 s under load.
@@ -61,3 +69,17 @@ class Podium:
 
     def __is_ready__(self) -> bool:
         return PLANE.ready
+
+    @bentoml.on_deployment
+    def check_store() -> None:
+        """Runs once in ``bentoml serve``'s own process before any worker starts: with
+        ``strict``, a version that is missing or fails its checksums stops start-up here, and a
+        worker's later load failure makes this process exit 1 (``services.worker``)."""
+        if not CONFIG.strict:
+            return
+        if problems := preflight(CONFIG):
+            raise SystemExit(f"podium: strict start-up failed: {'; '.join(problems)}")
+        worker.watch_strict_failures()
+
+
+edge.install(Podium, on_startup=lambda front: worker.start(CONFIG, front, PLANE))

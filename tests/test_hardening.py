@@ -318,15 +318,10 @@ def test_random_names_do_not_grow_podium_series(hserver: Server) -> None:
     hserver.metrics_before_flood = len(before)  # type: ignore[attr-defined]
 
 
-# BentoML's own bentoml_service_request_* metrics label the raw path; engineer "proc"'s
-# services/edge.py bounds them. Until that is merged this branch alone cannot pass the bounds
-# that include them (the marker is inert once edge.py exists).
-BENTOML_SERIES = pytest.mark.xfail(
-    not (ROOT / "services" / "edge.py").exists(), strict=True,
-    reason="BentoML's own per-path series are bounded by services/edge.py (issue 10)")
+# The bounds below include BentoML's own bentoml_service_request_* series (services/edge.py
+# labels them by route template).
 
 
-@BENTOML_SERIES
 def test_metrics_size_is_bounded_after_random_names(hserver: Server) -> None:
     before = getattr(hserver, "metrics_before_flood", None)
     if before is None:
@@ -337,7 +332,6 @@ def test_metrics_size_is_bounded_after_random_names(hserver: Server) -> None:
     assert size < before + METRICS_MARGIN_BYTES
 
 
-@BENTOML_SERIES
 def test_worker_memory_is_bounded_after_the_matrix(hserver: Server) -> None:
     rss = _worker_rss(hserver)
     start = hserver.start_rss  # type: ignore[attr-defined]

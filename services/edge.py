@@ -1,0 +1,291 @@
+"""The outermost ASGI layer of every worker: what every answer gets, whichever route (or none)
+produced it.
+
+BentoML builds each worker's app — its own routes (``/readyz``, ``/metrics``, the OpenAPI page),
+its middlewares and our mounted apps — in ``Service.to_asgi``. ``install`` makes the Podium
+service object a ``Service`` subclass whose ``to_asgi`` wraps that app once, here:
+
+- every 4xx/5xx body is JSON ``{"error": ...}``: the framework's own 404, 405, 500 and
+  ``HTTPException`` answers are plain text;
+- ``HEAD`` works wherever ``GET`` does (uvicorn drops the body of a ``HEAD`` answer itself);
+- HTTP/1.1 without ``Host`` gets 400 (RFC 9112 §3.2; httptools accepts it);
+- while the worker drains (``services.worker``), new work — any method but GET/HEAD/OPTIONS —
+  gets 503 with ``Connection: close``, so a client retries on another replica;
+- BentoML's request metrics label the *route template* (``/v1/models/{name}/predict``), or one
+  fixed value for paths no route serves, never the raw path: random paths made ``/metrics``
+  grow without bound (issue 10, item 1).
+
+The wrapper sits on the hot path: a successful request costs a header scan for ``Host``, two
+comparisons and one small object; only error answers are buffered (at most ``ERROR_BODY_MAX``).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from _bentoml_sdk import Service
+from starlette.middleware import Middleware
+from starlette.routing import Mount, compile_path
+
+log = logging.getLogger("podium.edge")
+
+Scope = dict[str, Any]
+UNMATCHED = "/{unmatched}"  # the one metric label value of every path no route serves
+ERROR_BODY_MAX = 64 * 1024  # a longer non-JSON error body is cut: it is replaced anyway
+ECHO_MAX = 200  # characters of a client's path echoed in an error message
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PATH_KEY = "podium.path"  # the real path while BentoML's metrics middleware sees the template
+
+
+def _json_start(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                close: bool = False) -> dict[str, Any]:
+    out = [(k, v) for k, v in headers or () if k.lower() not in (b"content-type", b"content-length")]
+    out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        out.append((b"connection", b"close"))
+    return {"type": "http.response.start", "status": status, "headers": out}
+
+
+async def send_json_error(send: Any, status: int, message: str, close: bool = False,
+                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps({"error": message})
+    await send(_json_start(status, body, headers, close))
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _echo(scope: Scope) -> str:
+    path = scope.get(PATH_KEY) or scope["path"]
+    return path if len(path) <= ECHO_MAX else path[:ECHO_MAX] + "…"
+
+
+class _Reply:
+    """One request's ``send``: passes a success through; turns an error answer whose body is not
+    ``{"error": ...}`` JSON (the framework's plain-text 404/405/500, FastAPI's ``{"detail": ...}``)
+    into one. ``started``: whether an answer has gone downstream."""
+
+    __slots__ = ("scope", "send", "start", "buffer", "started")
+
+    def __init__(self, scope: Scope, send: Any) -> None:
+        self.scope, self.send = scope, send
+        self.start: dict[str, Any] | None = None
+        self.buffer: bytearray | None = None
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.buffer is None:
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400:
+                    self.start, self.buffer = message, bytearray()
+                    return
+                self.started = True
+            await self.send(message)
+            return
+        body = message.get("body", b"")
+        if not self.buffer and body.startswith(b'{"error"'):  # Podium's shape: stream it as it is
+            await self._forward(body, message.get("more_body", False))
+            return
+        if len(self.buffer) < ERROR_BODY_MAX:
+            self.buffer += body[:ERROR_BODY_MAX - len(self.buffer)]
+        if message.get("more_body", False):
+            return
+        payload = _json_object(self.buffer)
+        if payload is not None and "error" in payload:  # JSON with "error" in another place
+            await self._forward(bytes(self.buffer), False)
+            return
+        self.started = True
+        headers = list(self.start.get("headers", ()))
+        await send_json_error(self.send, self.start["status"],
+                              self._message(self.start["status"], headers, payload), headers=headers)
+
+    async def _forward(self, body: bytes, more_body: bool) -> None:
+        start, self.buffer, self.started = self.start, None, True
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+    def _message(self, status: int, headers: list[tuple[bytes, bytes]],
+                 payload: dict[str, Any] | None) -> str:
+        if payload is not None and "detail" in payload:  # FastAPI's shape
+            return str(payload["detail"])
+        method, path = self.scope["method"], _echo(self.scope)
+        if status == 404:
+            return f"no route for {method} {path}"
+        if status == 405:
+            allow = next((v.decode("latin-1") for k, v in headers if k.lower() == b"allow"), "")
+            return f"method {method} is not allowed on {path}" + (f"; allowed: {allow}" if allow else "")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = f"HTTP {status}"
+        text = bytes(self.buffer).decode("utf-8", "replace").strip()
+        return text if text and text != phrase and payload is None else phrase.lower()
+
+
+def _json_object(body: bytearray) -> dict[str, Any] | None:
+    if not body.startswith(b"{"):
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _has_host(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, _ in headers:  # noqa: SIM110 - a plain loop: no generator object per request
+        if name == b"host":
+            return True
+    return False
+
+
+class Edge:
+    """The ASGI app uvicorn runs in a worker: ``app`` (BentoML's) behind the rules above.
+
+    ``draining`` (set by ``services.worker`` on SIGTERM) and ``inflight`` (the HTTP requests
+    inside ``app`` now) are read by the worker's drain."""
+
+    def __init__(self, app: Any, on_startup: Any = None) -> None:
+        self.app = app
+        self.on_startup = on_startup
+        self.draining = False
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.on_startup is not None:
+                send = self._lifespan_send(send)
+            await self.app(scope, receive, send)
+            return
+        # HTTP, inline: one coroutine per request is this wrapper's whole cost on the hot path.
+        if scope["http_version"] == "1.1" and not _has_host(scope["headers"]):
+            await send_json_error(send, 400, "an HTTP/1.1 request must send a Host header", close=True)
+            return
+        method = scope["method"]
+        if self.draining and method not in SAFE_METHODS:
+            await send_json_error(send, 503, "the server is shutting down; retry on another replica",
+                                  close=True)
+            return
+        if method == "HEAD":  # the app answers GET; uvicorn sends no body for the HEAD it parsed
+            scope = {**scope, "method": "GET"}
+        reply = _Reply(scope, send)
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, reply)
+        except Exception:
+            if reply.started:
+                raise
+            log.exception("unhandled error answering %s %s", method, _echo(scope))
+            await send_json_error(send, 500, "internal server error")
+        finally:
+            self.inflight -= 1
+
+    def _lifespan_send(self, send: Any) -> Any:
+        async def lifespan_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                # After uvicorn installed its signal handlers and before it accepts connections.
+                self.on_startup(self)
+            await send(message)
+        return lifespan_send
+
+
+# -- route templates for BentoML's request metrics ------------------------------------------------
+def _templates(routes: list[Any], prefix: str = "") -> list[str]:
+    found = []
+    for route in routes:
+        path = prefix + getattr(route, "path", "")
+        if isinstance(route, Mount):
+            inner = route.routes
+            found += _templates(inner, path) if inner else [path + "/{path:path}"]
+        elif path:
+            found.append(path)
+    return found
+
+
+class RouteTemplates:
+    """The template of the route that serves a path, or ``UNMATCHED``: a bounded label value."""
+
+    SEEN_MAX = 4096  # concrete paths remembered (one dict lookup on the hot path after the first)
+
+    def __init__(self, routes: list[Any]) -> None:
+        templates = sorted(set(_templates(routes)))
+        self._seen = {t: t for t in templates if "{" not in t}
+        self._patterns = [(compile_path(t)[0], t) for t in templates if "{" in t]
+
+    def __call__(self, path: str) -> str:
+        found = self._seen.get(path)
+        if found is not None:
+            return found
+        for regex, template in self._patterns:
+            if regex.match(path):
+                if len(self._seen) < self.SEEN_MAX:
+                    self._seen[path] = template
+                return template
+        return UNMATCHED
+
+
+class _RestorePath:
+    """Inside BentoML's metrics middleware: gives the routes the real path back."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if PATH_KEY in scope:
+            scope["path"] = scope.pop(PATH_KEY)
+        await self.app(scope, receive, send)
+
+
+class TemplatedMetrics:
+    """BentoML's traffic-metrics middleware, shown the route template instead of the path: it
+    reads ``scope["path"]`` once, on entry, as the ``endpoint`` label of every series."""
+
+    def __init__(self, app: Any, *, metrics_cls: type, templates: RouteTemplates,
+                 **options: Any) -> None:
+        self.inner = metrics_cls(_RestorePath(app), **options)
+        self.templates = templates
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            scope[PATH_KEY] = path
+            scope["path"] = self.templates(path)
+        await self.inner(scope, receive, send)
+
+
+def template_metrics(app: Any) -> bool:
+    """Swap BentoML's metrics middleware of ``app`` (a Starlette app not yet started) for
+    ``TemplatedMetrics``; False when metrics are off."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    templates = RouteTemplates(app.routes)
+    for i, middleware in enumerate(app.user_middleware):
+        if middleware.cls is RunnerTrafficMetricsMiddleware:
+            app.user_middleware[i] = Middleware(TemplatedMetrics, *middleware.args,
+                                                metrics_cls=middleware.cls, templates=templates,
+                                                **middleware.kwargs)
+            return True
+    return False
+
+
+# -- the service hook ---------------------------------------------------------------------------
+class EdgeService(Service):
+    """The Podium service: BentoML's ``Service`` whose worker app is wrapped in ``Edge``."""
+
+    __slots__ = ()
+    on_startup: Any = None  # set by ``install``; a class attribute: Service instances have slots
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        app = super().to_asgi(is_main)
+        if not template_metrics(app):
+            log.info("BentoML metrics are off: no request metrics to template")
+        return Edge(app, on_startup=type(self).on_startup)
+
+
+def install(service: Service, on_startup: Any = None) -> Service:
+    """Make ``service`` (what ``@bentoml.service`` returned) serve through ``Edge``;
+    ``on_startup(edge)`` runs in each worker once the service is initialised."""
+    service.__class__ = type("PodiumEdgeService", (EdgeService,), {"__slots__": (),
+                                                                     "on_startup": staticmethod(on_startup)})
+    return service

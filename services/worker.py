@@ -1,0 +1,264 @@
+"""A worker process's life around uvicorn, which BentoML runs in each worker: a visible drain on
+SIGTERM, a watchdog that stops an orphaned worker, and time and size limits on every connection.
+
+BentoML's worker (``_bentoml_impl.worker.service``) builds ``uvicorn.Config`` itself and offers
+no way in; what it does give is the app's lifespan, which runs after uvicorn installed its signal
+handlers (``uvicorn.Server.handle_exit``) and before it creates the listening servers. ``start``
+runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through that handler:
+
+- **Drain.** uvicorn's own SIGTERM handling closes the listening socket at once, so ``/readyz``
+  can only be refused, never answer 503, and a load balancer keeps sending work. Here the first
+  SIGTERM/SIGINT marks the worker draining (readiness 503, new work 503 + ``Connection: close``,
+  ``services.edge``), waits until the requests in flight finish or ``drain_grace_s`` passes, and
+  only then lets uvicorn shut down; the worker then exits 0. A second signal stops at once.
+- **Orphan watchdog.** A worker whose parent (the ``bentoml serve`` arbiter) died drains and
+  exits instead of serving on unsupervised: a process-group kill of the arbiter misses the
+  workers, which circus starts in their own process groups.
+- **Slow clients.** uvicorn has keep-alive timeouts but none for reading a request:
+  ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
+  ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
+  periodic sweep checks the deadlines: no timer per request.
+- **Strict start-up.** A worker that cannot load a version under ``strict`` leaves why in a file
+  the server process named and stops the server, which then exits 1 with that one line
+  (BentoML's arbiter itself exits 0 once stopped, and circus would restart the worker forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from services.config import ServeConfig
+
+log = logging.getLogger("podium.worker")
+
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+LINGER_S = 2.0  # after refusing a request, keep reading (and dropping) so the client sees why
+DRAIN_POLL_S = 0.05
+SHUTDOWN_CANCEL_S = 1.0  # once drained, what uvicorn may still wait before cancelling tasks
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with per-request header/body deadlines and a header size cap.
+
+    A request is in its header phase from its first byte (for a new connection: from the connect)
+    until its headers are parsed, then in its body phase until its body is complete.
+    """
+
+    header_timeout_s = 10.0
+    body_timeout_s = 60.0
+    max_header_bytes = 64 * 1024
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.refused = False
+        self.in_headers = True
+        self.header_bytes = 0
+        self.deadline: float | None = self.loop.time() + self.header_timeout_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:  # lingering after a refusal: drop what the client still sends
+            return
+        super().data_received(data)
+        if self.in_headers and not self.refused:
+            # Counted per read (≤ 256 KiB), after parsing: a read that completes the headers is
+            # not counted, so the cap holds to within one read.
+            self.header_bytes += len(data)
+            if self.header_bytes > self.max_header_bytes:
+                self.refuse(431, f"request headers exceed {self.max_header_bytes} bytes "
+                                 f"(max_header_bytes)")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self.in_headers:  # the next request on a kept-alive connection
+            self.in_headers = True
+            self.header_bytes = 0
+            self.deadline = self.loop.time() + self.header_timeout_s
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self.deadline = self.loop.time() + self.body_timeout_s
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.deadline = None
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(400, f"invalid HTTP request: {msg}")
+
+    def check(self, now: float) -> None:
+        """Refuse the request whose header or body deadline has passed (the periodic sweep)."""
+        if self.deadline is None or now < self.deadline or self.refused:
+            return
+        if self.in_headers:
+            self.refuse(408, f"request headers not received within {self.header_timeout_s:g} s "
+                             f"(header_timeout_s)")
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self.transport.close()
+            return
+        if cycle is not None:  # the app reading the body sees a disconnect
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.refuse(408, f"request body not received within {self.body_timeout_s:g} s "
+                         f"(body_timeout_s)")
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with a JSON error, then close: the write side at once, the
+        connection after ``LINGER_S`` (closing with unread input would reset the connection
+        and the client might never read the answer)."""
+        self.refused = True
+        self.deadline = None
+        body = orjson.dumps({"error": message})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
+                 b"\r\nconnection: close\r\n\r\n", body]
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(b"".join(head))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_S, transport.close)
+
+
+def configure_protocol(config: ServeConfig) -> None:
+    GuardedProtocol.header_timeout_s = config.header_timeout_s
+    GuardedProtocol.body_timeout_s = config.body_timeout_s
+    GuardedProtocol.max_header_bytes = config.max_header_bytes
+
+
+def uvicorn_server() -> Any:
+    """The ``uvicorn.Server`` running this process, through the SIGTERM handler it installed
+    (its bound ``handle_exit``); None when there is none (not under uvicorn, not the main
+    thread)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    if server is not None and hasattr(server, "should_exit") and hasattr(server, "server_state"):
+        return server
+    return None
+
+
+class Lifecycle:
+    """Drain, orphan watchdog and connection sweep for one worker's ``Edge``."""
+
+    def __init__(self, config: ServeConfig, edge: Any, plane: Any, server: Any) -> None:
+        self.config, self.edge, self.plane, self.server = config, edge, plane, server
+        self.loop = asyncio.get_running_loop()
+        self.parent = os.getppid()
+        self.tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.on_signal)
+        self._spawn(self.watch())
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self.tasks.discard)
+
+    def on_signal(self, sig: int, frame: Any) -> None:
+        if self.edge.draining:  # a second signal: uvicorn's own handling, at once
+            self.server.handle_exit(sig, frame)
+            return
+        self.loop.call_soon_threadsafe(self.begin_drain, signal.Signals(sig).name)
+
+    def begin_drain(self, reason: str) -> None:
+        if self.edge.draining:
+            return
+        self.edge.draining = True
+        self.plane.draining = True
+        log.warning("draining (%s): readiness 503, new work refused; %d request(s) in flight, "
+                    "grace %g s (drain_grace_s)", reason, self.edge.inflight, self.config.drain_grace_s)
+        self._spawn(self.drain())
+
+    async def drain(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.config.drain_grace_s
+        while self.edge.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self.edge.inflight:
+            log.error("drain grace period over: cancelling %d request(s)", self.edge.inflight)
+        else:
+            log.info("drained in %.2f s; stopping", time.monotonic() - started)
+        self.server.config.timeout_graceful_shutdown = SHUTDOWN_CANCEL_S
+        self.server.should_exit = True  # not handle_exit: that would re-raise SIGTERM at exit
+
+    async def watch(self) -> None:
+        cfg = self.config
+        tick = max(0.05, min(1.0, cfg.header_timeout_s / 4, cfg.body_timeout_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            for connection in list(self.server.server_state.connections):
+                if isinstance(connection, GuardedProtocol):
+                    connection.check(now)
+            if os.getppid() != self.parent:
+                self.begin_drain("the parent process exited")
+
+
+def start(config: ServeConfig, edge: Any, plane: Any) -> Lifecycle | None:
+    """Called once per worker at lifespan start-up (``services.edge``)."""
+    server = uvicorn_server()
+    if server is None:
+        log.warning("no uvicorn server found: no drain on SIGTERM, no slow-client limits")
+        return None
+    uv = server.config
+    if issubclass(GuardedProtocol, uv.http_protocol_class):
+        configure_protocol(config)
+        uv.http_protocol_class = GuardedProtocol  # read per connection: none is open yet
+    else:
+        log.warning("uvicorn runs %s, not httptools: no slow-client limits",
+                    uv.http_protocol_class.__name__)
+    if NOSNIFF not in uv.encoded_headers:
+        uv.encoded_headers.append(NOSNIFF)  # uvicorn's default headers: on every answer it sends
+    lifecycle = Lifecycle(config, edge, plane, server)
+    lifecycle.start()
+    return lifecycle
+
+
+# -- strict start-up across processes ------------------------------------------------------------
+STRICT_FAILURE_ENV = "PODIUM_STRICT_FAILURE_FILE"
+
+
+def watch_strict_failures() -> None:
+    """In ``bentoml serve``'s own process, before it starts workers (they inherit the variable):
+    exit 1 with a worker's start-up failure once the server has stopped."""
+    handle, name = tempfile.mkstemp(prefix="podium-strict-")
+    os.close(handle)
+    os.unlink(name)  # it exists only if a worker failed
+    os.environ[STRICT_FAILURE_ENV] = name
+    atexit.register(_exit_if_a_worker_failed, Path(name))
+
+
+def _exit_if_a_worker_failed(path: Path) -> None:
+    if path.is_file():
+        line = path.read_text()
+        path.unlink()
+        print(line, file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def fail_start_up(exc: Exception) -> None:
+    """In a worker under ``strict``: log one line, leave it for the server process, stop it."""
+    line = f"podium: strict start-up failed: {exc}"
+    log.critical(line)
+    if name := os.environ.get(STRICT_FAILURE_ENV):
+        Path(name).write_text(line)
+    os.kill(os.getppid(), signal.SIGTERM)
