@@ -15,18 +15,41 @@ import logging
 import os
 
 import bentoml
+import click
+from bentoml._internal.configuration.containers import BentoMLContainer
 
 from services import edge, worker
 from services.app import create_app, create_hot_app
 from services.config import get_config
 from services.dataplane import PLANE
 from services.repository import preflight
-from services.runtimes import check_device
+from services.rollout.store import deployment_name
+from services.runtimes import DeviceUnavailable, check_device
 
+
+def _adopt_command_line_port() -> None:
+    """``bentoml serve --port N`` names the port on its command line only: make it the configured
+    port (``PODIUM_PORT``, inherited by the workers), so that what is keyed by the port — the
+    rollout namespace, the Prometheus directory — differs between two servers on one store."""
+    context = click.get_current_context(silent=True)
+    port = context.params.get("port") if context is not None else None
+    if port:
+        os.environ["PODIUM_PORT"] = str(port)
+
+
+_adopt_command_line_port()
 CONFIG = get_config()
+# BentoML empties its Prometheus directory under BENTOML_HOME when a server starts: one per
+# deployment, so a second server on the same store (a test server beside a dev server) does not
+# wipe the first one's metrics (issue 11).
+BentoMLContainer.prometheus_multiproc_dir.set(os.path.join(
+    BentoMLContainer.bentoml_home.get(), "prometheus_multiproc_dir", deployment_name(CONFIG)))
 # Issue 13: device=cuda without a usable GPU stops `bentoml serve` here, in the main process, with
-# the reason; inside a worker the same error would only restart the worker forever.
-check_device(CONFIG.device, CONFIG.runtime)
+# one line naming the reason; inside a worker the same error would only restart it forever.
+try:
+    check_device(CONFIG.device, CONFIG.runtime)
+except DeviceUnavailable as exc:
+    raise SystemExit(f"podium: start-up failed: DeviceUnavailable: {exc}") from None
 app = create_app()
 hot_app = create_hot_app()
 

@@ -5,6 +5,7 @@ corrupt model version is "not ready" on its own — or, with ``strict``, stops s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import signal
@@ -244,17 +245,43 @@ def test_strict_start_up_fails_fast_with_one_line(broken_store: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_strict_stops_on_a_failure_only_loading_shows(store: Path) -> None:
-    """Files fine, runtime refuses (device=cuda without the GPU runtime): the worker stops the
-    server, which exits 1 with the one line last — no restart loop."""
+def _unloadable(store: Path, name: str) -> None:
+    """Make ``name``'s model.onnx garbage that still matches its recorded checksum: the files
+    pass every check, only loading it shows the failure."""
+    (version,) = [p for p in (store / "models" / name).iterdir() if p.is_dir()]
+    graph = version / "model.onnx"
+    graph.write_bytes(b"not an ONNX graph")
+    meta = yaml.safe_load((version / "model.yaml").read_text())
+    meta["metadata"]["sha256"]["model.onnx"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    (version / "model.yaml").write_text(yaml.safe_dump(meta))
+
+
+def test_strict_stops_on_a_failure_only_loading_shows(store: Path, tmp_path: Path) -> None:
+    """Files fine, the runtime refuses the graph: the worker stops the server, which exits 1
+    with the one line last — no restart loop."""
+    home = tmp_path / "home"
+    shutil.copytree(store / "models", home / "models")
+    _unloadable(home, "diabetes")
+    proc, seconds = _strict_serve(home, PODIUM_MODELS="diabetes")
+    assert proc.returncode == 1 and seconds < 60
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert last.startswith("podium: strict start-up failed: "), last
+    assert "checksum" not in last and "diabetes" in last, last  # from loading, not the pre-flight
+
+
+def test_device_cuda_without_a_gpu_runtime_stops_with_one_line(store: Path) -> None:
+    """device=cuda is checked in `bentoml serve`'s own process, strict or not: exit 1, one
+    line last, no traceback, no worker started."""
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")
-    proc, seconds = _strict_serve(store, PODIUM_MODELS="diabetes", PODIUM_DEVICE="cuda")
+    proc, seconds = _strict_serve(store, PODIUM_MODELS="diabetes", PODIUM_DEVICE="cuda",
+                                  PODIUM_STRICT="false")
     assert proc.returncode == 1 and seconds < 60
     last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
-    assert last.startswith("podium: strict start-up failed: device=cuda"), last
+    assert last.startswith("podium: start-up failed: DeviceUnavailable: device=cuda"), last
+    assert "Traceback" not in proc.stderr
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -273,3 +300,26 @@ def test_manifests_leave_time_for_the_drain(manifest: str) -> None:
     assert float(pre_stop[1]) + grace + 10 <= pod["terminationGracePeriodSeconds"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+
+# -- two servers on one store --------------------------------------------------------------------
+def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics(store: Path,
+                                                                         tmp_path: Path) -> None:
+    """BentoML empties the Prometheus directory under BENTOML_HOME at start; each server (one
+    per port, or per `deployment`) has its own, so starting a second one wipes nothing."""
+    env = {"PODIUM_MODELS": '["mnist-cnn"]'}
+    body = {"instances": [[0.0] * 784]}
+
+    def counted(client: httpx.Client) -> list[str]:
+        return [line for line in client.get("/metrics").text.splitlines()
+                if line.startswith('podium_requests_total{endpoint="predict",model="mnist-cnn"')]
+
+    with serve(store, tmp_path, env=env) as first, first.client() as client:
+        for _ in range(3):
+            assert client.post("/v1/models/mnist-cnn/predict", json=body).status_code == 200
+        before = counted(client)
+        assert before and before[0].endswith(" 3.0"), before
+        with serve(store, tmp_path, env=env) as second:
+            assert counted(client) == before
+            with second.client() as other:
+                assert counted(other) == []  # its own directory, its own counts
