@@ -42,8 +42,10 @@ CONFIG = get_config()
 # BentoML empties its Prometheus directory under BENTOML_HOME when a server starts: one per
 # deployment, so a second server on the same store (a test server beside a dev server) does not
 # wipe the first one's metrics (issue 11).
-BentoMLContainer.prometheus_multiproc_dir.set(os.path.join(
-    BentoMLContainer.bentoml_home.get(), "prometheus_multiproc_dir", deployment_name(CONFIG)))
+# (BentoML's home read as BentoML reads it, without fixing its cached value in this process.)
+_HOME = os.path.expandvars(os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml")))
+BentoMLContainer.prometheus_multiproc_dir.set(
+    os.path.join(_HOME, "prometheus_multiproc_dir", deployment_name(CONFIG)))
 # Issue 13: device=cuda without a usable GPU stops `bentoml serve` here, in the main process, with
 # one line naming the reason; inside a worker the same error would only restart it forever.
 try:
