@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services import codecs, textgen
+from services import codecs, digits, textgen
 from services.dataplane import PLANE
 from services.errors import InvalidInput, UnsupportedMediaType
 from services.http import JSON, Timer, error_response, media_type, parse_json, read_body, versioned
@@ -102,6 +102,9 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
                 {"digit": row[0], "label": labels[row[0]], "probability": p[0],
                  "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
                 for row, p in zip(order.tolist(), top, strict=True)]
+            if request.query_params.get("preview") in ("1", "true"):  # issue 12: what the model saw
+                for prediction, image in zip(predictions, images, strict=True):
+                    prediction["preview"] = digits.preview_png(image)
         timer.done(200)
         return versioned({"model": name, "version": loaded.version, "predictions": predictions},
                          name, loaded.version)
