@@ -38,6 +38,10 @@ DIGIT_BOX = 20
 WORK_SIDE = 160
 # The weakest digit accepted: peak contrast, in 8-bit levels, above the paper.
 MIN_CONTRAST = 24
+# A digit spanning fewer working pixels than this is looked at again at full resolution.
+DETAIL = 40
+# Working pixels a digit's mask grows into fainter ink around the thresholded strokes.
+EDGE = 1
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -75,9 +79,8 @@ def _composite(la: Image.Image) -> Image.Image:
     return ground
 
 
-def _reduce(gray: Image.Image) -> Image.Image:
-    factor = -(-max(gray.size) // WORK_SIDE)
-    return gray.reduce(factor) if factor > 1 else gray
+def _factor(size: tuple[int, int]) -> int:
+    return -(-max(size) // WORK_SIDE)
 
 
 def _cells(side: int) -> int:
@@ -86,7 +89,10 @@ def _cells(side: int) -> int:
 
 
 def _cell_quantiles(g: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
-    """Per-cell quantiles of an 8-bit image on a grid of about 8×8 cells (one uint8 sort)."""
+    """Per-cell quantiles of an 8-bit image on a grid of about 8×8 cells (one uint8 sort; every
+    other pixel of a larger image is plenty for a quantile)."""
+    if min(g.shape) >= 64:
+        g = g[::2, ::2]
     h, w = g.shape
     ny, nx = _cells(h), _cells(w)
     ch, cw = h // ny, w // nx
@@ -95,31 +101,33 @@ def _cell_quantiles(g: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
     return [blocks[..., round(q * last)].astype(np.float32) for q in qs]
 
 
+def _axis(n: int) -> np.ndarray:
+    return (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
+
+
 def _paper(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The paper's brightness everywhere: a smooth surface (a quadratic, as a gradient or a
     vignette is) fitted to the cells' paper-side values, refitted without the cells that stray
     (those under ink, or a glare spot)."""
     ny, nx = cells.shape
-    y, x = ((np.arange(ny) + 0.5) / ny - 0.5)[:, None], ((np.arange(nx) + 0.5) / nx - 0.5)[None]
+    y, x = (a.ravel() for a in np.meshgrid(_axis(ny), _axis(nx), indexing="ij"))
     terms = 6 if ny * nx >= 16 else 1  # a tiny image: one paper level
-    basis = np.stack(np.broadcast_arrays(1.0, x, y, x * x, x * y, y * y)[:terms], -1).reshape(-1, terms)
+    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)[:, :terms]
     values = cells.ravel()
     keep = np.ones(values.shape, bool)
     for _ in range(4):
-        coef = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+        fit = basis[keep]
+        coef = np.linalg.solve(fit.T @ fit + 1e-6 * np.eye(terms), fit.T @ values[keep])
         residual = values - basis @ coef
         spread = 1.4826 * float(np.median(np.abs(residual[keep]))) + 1.0
         inliers = np.abs(residual) <= 2.5 * spread
         if inliers.sum() < 2 * terms or (inliers == keep).all():
             break
         keep = inliers
-    h, w = shape
-    y, x = ((np.arange(h) + 0.5) / h - 0.5)[:, None], ((np.arange(w) + 0.5) / w - 0.5)[None]
-    surface = np.broadcast_arrays(1.0, x, y, x * x, x * y, y * y)[:terms]
-    paper = np.zeros(shape, np.float32)
-    for c, t in zip(coef.tolist(), surface, strict=True):
-        paper += np.float32(c) * t
-    return paper
+    c0, cx, cy, cxx, cxy, cyy = np.concatenate([coef, np.zeros(6 - terms)]).astype(np.float32)
+    # Evaluated separably: a column term, a row term and one outer product.
+    y, x = _axis(shape[0])[:, None], _axis(shape[1])[None]
+    return (c0 + cy * y + cyy * y * y) + (cx * x + cxx * x * x) + cxy * y * x
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -138,7 +146,8 @@ def _otsu(values: np.ndarray) -> float:
 def ink_map(gray: Image.Image) -> tuple[np.ndarray, float]:
     """Working-resolution float32 map of ink above the paper (0 = paper), light-on-dark or not,
     and the paper's noise level (a standard deviation, in grey levels)."""
-    g = np.asarray(_reduce(gray))
+    factor = _factor(gray.size)
+    g = np.asarray(gray.reduce(factor) if factor > 1 else gray)
     q25, mid, q75 = _cell_quantiles(g, (0.25, 0.5, 0.75))
     # Noise: the typical interquartile range of a cell (most cells are paper), as a std.
     noise = float(np.median(q75 - q25)) / 1.349
@@ -159,31 +168,28 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, starts, ends
 
 
-def _label_runs(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """8-connected component id of every run (union-find over runs of adjacent rows)."""
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    row_start = np.searchsorted(rows, np.arange(rows[-1] + 2)) if len(rows) else np.zeros(1, int)
-    r_list, s_list, e_list = rows.tolist(), starts.tolist(), ends.tolist()
-    for i in range(len(r_list)):
-        y = r_list[i]
-        if y == 0:
-            continue
-        j, stop = int(row_start[y - 1]), int(row_start[y])
-        while j < stop:
-            # Diagonal neighbours touch: [s, e) and [s', e') are 8-adjacent when s < e' + 1, s' < e + 1.
-            if s_list[j] <= e_list[i] and s_list[i] <= e_list[j]:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            j += 1
-    return np.fromiter((find(i) for i in range(len(parent))), np.int64, len(parent))
+def _label_runs(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """8-connected component id of every run: runs of adjacent rows that touch (diagonals
+    included) are linked, then ids spread to the smallest along the links."""
+    n = len(rows)
+    key = width + 2  # row * key + column orders runs exactly as they are ordered
+    above = (rows - 1) * key
+    # Runs of the row above that touch run i are the contiguous range [lo, hi).
+    lo = np.searchsorted(rows * key + ends, above + starts, "left")
+    hi = np.searchsorted(rows * key + starts, above + ends, "right")
+    counts = np.maximum(hi - lo, 0)
+    a = np.repeat(np.arange(n), counts)
+    b = np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    label = np.arange(n)
+    for _ in range(n):  # converges in a few rounds; n bounds it
+        low = np.minimum(label[a], label[b])
+        before = label.copy()
+        np.minimum.at(label, a, low)
+        np.minimum.at(label, b, low)
+        label = label[label]
+        if np.array_equal(label, before):
+            break
+    return label
 
 
 def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
@@ -192,7 +198,7 @@ def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
         return None
     threshold = max(_otsu(ink), 3 * noise + 2)
     rows, starts, ends = _runs(ink > threshold)
-    labels = _label_runs(rows, starts, ends)
+    labels = _label_runs(rows, starts, ends, ink.shape[1])
     ids, run_comp = np.unique(labels, return_inverse=True)
     cum = np.concatenate([np.zeros((ink.shape[0], 1), np.float64), ink.cumsum(axis=1, dtype=np.float64)],
                          axis=1)
@@ -218,6 +224,10 @@ def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
     for r, s, e in zip(rows[keep[run_comp]].tolist(), starts[keep[run_comp]].tolist(),
                        ends[keep[run_comp]].tolist(), strict=True):
         mask[r, s:e] = True
+    # The strokes' soft (anti-aliased, blurred) edges: grow into faint ink, never into noise.
+    faint = ink > 3 * noise + 1
+    for _ in range(EDGE):
+        mask = _dilate(mask) & faint
     return mask
 
 
@@ -233,14 +243,13 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """MNIST framing of the masked ink: fit 20×20 (aspect kept), centre of mass at (14, 14)."""
-    # One pixel around the thresholded strokes keeps their soft (anti-aliased) edges.
-    strokes = np.where(_dilate(mask), ink, 0)
+    strokes = np.where(mask, ink, 0)
     rows, cols = np.flatnonzero(strokes.any(1)), np.flatnonzero(strokes.any(0))
     crop = strokes[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
     # Stroke cores at full intensity, as MNIST's are: scale by the bright end of the strokes.
-    core = crop[mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]]
-    crop = np.minimum(crop / np.partition(core, int(0.9 * (len(core) - 1)))[int(0.9 * (len(core) - 1))],
-                      1).astype(np.float32)
+    values = crop[crop > 0]
+    k = int(0.9 * (values.size - 1))
+    crop = np.minimum(crop / np.partition(values, k)[k], 1).astype(np.float32)
     h, w = crop.shape
     scale = DIGIT_BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -271,11 +280,25 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
 
     Raises :class:`NoDigit` (a 400) when the image is blank.
     """
-    ink, noise = ink_map(to_gray(image))
+    gray = to_gray(image)
+    ink, noise = ink_map(gray)
     mask = digit_mask(ink, noise)
     if mask is None:
         raise NoDigit(f"no digit found: nothing in the image stands out from its background by "
                       f"{MIN_CONTRAST} grey levels or more", field="image")
+    factor = _factor(gray.size)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    span = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    if factor > 1 and span < DETAIL:
+        # A small digit on a large canvas: look again at full resolution, around it only.
+        margin = span // 2 + 2
+        box = (max(0, (cols[0] - margin) * factor), max(0, (rows[0] - margin) * factor),
+               min(gray.width, (cols[-1] + 1 + margin) * factor),
+               min(gray.height, (rows[-1] + 1 + margin) * factor))
+        detail_ink, detail_noise = ink_map(gray.crop(box))
+        detail = digit_mask(detail_ink, detail_noise)
+        if detail is not None:
+            ink, mask = detail_ink, detail
     return frame(ink, mask)[None]
 
 
