@@ -24,6 +24,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,8 @@ def contact_sheet(items: list[photos.Photo], inputs: np.ndarray, answers: dict[s
 def mnist_http(store: Path, names: list[str], count: int, log_dir: Path) -> dict[str, dict[str, float]]:
     """Test-set accuracy of each model through the HTTP image path (PNG files) and the tensor
     path (the same pixels as a JSON tensor), on a real server over ``store``."""
+    import httpx
+
     from services.launch import serve
     from training import data
 
@@ -130,7 +133,7 @@ def mnist_http(store: Path, names: list[str], count: int, log_dir: Path) -> dict
     batch = 500
     out = {}
     with serve(store, log_dir, env={"PODIUM_MODELS": json.dumps(names)}) as server, \
-            server.client(timeout=300) as client:
+            httpx.Client(base_url=server.url, timeout=300) as client:
         for name in names:
             by_image, by_tensor = [], []
             for start in range(0, count, batch):
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             contact_sheet(items, inputs, answers, args.out / "contact.png")
     if args.mnist_http:
-        figures["mnist_http"] = mnist_http(Path(args.store), args.models, args.mnist_http, args.out)
+        with tempfile.TemporaryDirectory(prefix="eval-photos-") as logs:
+            figures["mnist_http"] = mnist_http(Path(args.store), args.models, args.mnist_http, Path(logs))
     command = "python -m benchmarks.eval_photos " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
     (args.out / "README.md").write_text(report(figures, command))

@@ -225,7 +225,8 @@ def build_router() -> APIRouter:
             description="diabetes: `{\"rows\": [...]}` (named fields or 8-number lists). MNIST "
                         "models: JSON `{\"instances\": [N,1,28,28] | [N,28,28] | [N,784]}` (floats "
                         "in [0,1] or 0–255 integers), an `.npy` body, one `image/*` body, or "
-                        "multipart images of any size. Optional `top_k` (1–10).",
+                        "multipart images of any size. Optional `top_k` (1–10); `?preview=1` adds "
+                        "each model input (28×28) as a base64 PNG.",
             openapi_extra=_PREDICT_BODY)
         router.add_api_route(
             f"/models/{{name}}{suffix}/generate", generate, methods=["POST"],
