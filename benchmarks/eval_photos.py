@@ -76,7 +76,10 @@ def load_sessions(names: list[str]) -> dict[str, object]:
     sessions = {}
     for name in names:
         version = get_version(name)
-        sessions[f"{name}:{version.version}"] = ort.InferenceSession(
+        md = version.metadata
+        profile = md.get("profile", "?") + ("+overrides" if md.get("overrides") else "")
+        mnist = md.get("metrics", {}).get("test_accuracy", float("nan"))
+        sessions[f"{name}:{version.version} ({profile}, MNIST {mnist:.2%})"] = ort.InferenceSession(
             str(version.path / ONNX_FILE), providers=["CPUExecutionProvider"])
     return sessions
 

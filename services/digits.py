@@ -105,22 +105,26 @@ def _axis(n: int) -> np.ndarray:
     return (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
 
 
-def _paper(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _paper(cells: np.ndarray, shape: tuple[int, int], ink: int = 0) -> np.ndarray:
     """The paper's brightness everywhere: a smooth surface (a quadratic, as a gradient or a
-    vignette is) fitted to the cells' paper-side values, refitted without the cells that stray
-    (those under ink, or a glare spot)."""
+    vignette is) fitted to the cells' paper-side values, refitted without the cells that stray.
+
+    ``ink`` says on which side ink lies (+1 lighter, -1 darker, 0 unknown). When it is known,
+    only cells on the ink side are dropped, starting from the paper-side half of the cells, so
+    a bold digit covering many cells cannot pull the paper towards itself."""
     ny, nx = cells.shape
     y, x = (a.ravel() for a in np.meshgrid(_axis(ny), _axis(nx), indexing="ij"))
     terms = 6 if ny * nx >= 16 else 1  # a tiny image: one paper level
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)[:, :terms]
     values = cells.ravel()
-    keep = np.ones(values.shape, bool)
-    for _ in range(4):
+    toward_ink = values * ink
+    keep = toward_ink <= np.median(toward_ink) if ink else np.ones(values.shape, bool)
+    for _ in range(5):
         fit = basis[keep]
         coef = np.linalg.solve(fit.T @ fit + 1e-6 * np.eye(terms), fit.T @ values[keep])
         residual = values - basis @ coef
         spread = 1.4826 * float(np.median(np.abs(residual[keep]))) + 1.0
-        inliers = np.abs(residual) <= 2.5 * spread
+        inliers = (residual * ink if ink else np.abs(residual)) <= 2.5 * spread
         if inliers.sum() < 2 * terms or (inliers == keep).all():
             break
         keep = inliers
@@ -154,7 +158,7 @@ def ink_map(gray: Image.Image) -> tuple[np.ndarray, float]:
     # Ink is the minority of the two classes Otsu's threshold makes of the flattened image.
     flat = np.clip(g - _paper(mid, g.shape) + 128, 0, 255)
     light = float((flat > _otsu(flat)).mean()) < 0.5
-    paper = _paper(q25 if light else q75, g.shape)  # the paper side of every cell
+    paper = _paper(q25 if light else q75, g.shape, 1 if light else -1)  # each cell's paper side
     return np.maximum(g - paper if light else paper - g, 0), noise
 
 
@@ -218,7 +222,11 @@ def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
     size = max(bottom[main] - top[main], right[main] - left[main]) + 1
     near = ((top <= bottom[main] + size // 2) & (bottom >= top[main] - size // 2)
             & (left <= right[main] + size // 2) & (right >= left[main] - size // 2))
-    keep = near & (mass >= 0.08 * mass[main]) & ~(spans & (np.arange(n) != main))
+    inside = ((top >= top[main]) & (bottom <= bottom[main]) & (left >= left[main])
+              & (right <= right[main]))
+    # Heavy parts nearby (a 5's bar) and small ones within the digit's box (a broken stroke).
+    keep = ((near & (mass >= 0.08 * mass[main])) | (inside & (mass >= 0.01 * mass[main]))) \
+        & ~(spans & (np.arange(n) != main))
     keep[main] = True
     mask = np.zeros(ink.shape, bool)
     for r, s, e in zip(rows[keep[run_comp]].tolist(), starts[keep[run_comp]].tolist(),
