@@ -83,24 +83,41 @@ def test_the_set_is_reproducible(mnist: data.MnistData) -> None:
 
 def test_photos_come_out_as_their_clean_digits(photo_set: list[photos.Photo]) -> None:
     """Each photo, preprocessed, looks like its glyph framed cleanly (no camera): the old
-    preprocessing scored a median correlation of 0.36 here, this one 0.97."""
+    preprocessing scored a median correlation of 0.37 here, this one 0.98."""
     scores = np.array([corr(decode(p.data), frame(p.glyph, p.glyph > 0)) for p in photo_set])
     assert np.median(scores) > 0.9, np.median(scores)
     assert np.percentile(scores, 10) > 0.75, np.sort(scores)[:15]
 
 
-def test_nearest_neighbours_read_the_photos(mnist: data.MnistData,
-                                            photo_set: list[photos.Photo]) -> None:
-    """A model-free reader — 3 nearest neighbours among 20 000 real MNIST training digits, 93.8 %
-    on the MNIST test set — reads the preprocessed photos about as well as MNIST itself
-    (measured 92 %; the old preprocessing: 27 %)."""
+def nearest_neighbour_accuracy(mnist: data.MnistData, inputs: np.ndarray, labels: list[int]) -> float:
+    """A model-free reader: 3 nearest neighbours among 20 000 real MNIST training digits (93.8 %
+    on the MNIST test set)."""
     train = mnist.train_x[:20000].reshape(20000, -1).astype(np.float32) / 255
-    inputs = np.stack([decode(p.data).ravel() for p in photo_set])
-    distance = (train ** 2).sum(1)[None] - 2 * inputs @ train.T
+    distance = (train ** 2).sum(1)[None] - 2 * inputs.reshape(len(inputs), -1) @ train.T
     nearest = mnist.train_y[:20000][np.argpartition(distance, 3, axis=1)[:, :3]]
     votes = np.array([np.bincount(v, minlength=10).argmax() for v in nearest])
-    accuracy = float((votes == [p.label for p in photo_set]).mean())
+    return float((votes == labels).mean())
+
+
+def test_nearest_neighbours_read_the_photos(mnist: data.MnistData,
+                                            photo_set: list[photos.Photo]) -> None:
+    """The preprocessed photos read nearly as well as MNIST itself (measured 89 %; the old
+    preprocessing: 23 %)."""
+    inputs = np.stack([decode(p.data) for p in photo_set])
+    accuracy = nearest_neighbour_accuracy(mnist, inputs, [p.label for p in photo_set])
     assert accuracy >= 0.85, accuracy
+
+
+def test_mnist_digits_sent_as_png_files_come_back_as_they_were(mnist: data.MnistData) -> None:
+    """Already-MNIST images must pass through untouched: the HTTP image path then reads the test
+    set as the tensor path does (full set, quick models: within 0.11 points; benchmarks/eval_photos
+    --mnist-http)."""
+    same = []
+    for digit in mnist.test_x[:500]:
+        buf = io.BytesIO()
+        Image.fromarray(digit).save(buf, "PNG")
+        same.append(np.abs(decode(buf.getvalue()) - digit / 255).max() < 0.01)
+    assert np.mean(same) >= 0.8, np.mean(same)  # measured 86 % on all 10 000
 
 
 # ---------------------------------------------------------------------------------- hard cases
@@ -120,11 +137,21 @@ def test_a_bold_digit_filling_the_frame_keeps_its_polarity() -> None:
     assert corr(decoded, frame(ink, ink > 0)) > 0.85
 
 
-def test_a_tiny_digit_on_a_large_canvas() -> None:
-    ink = glyph(2, 18)
-    decoded = decode(photo(ink, side=400, at=(60, 300), noise=4))
-    assert decoded.max() == 1.0
-    assert corr(decoded, frame(ink, ink > 0)) > 0.55  # blurred at 18 px; 0.40 at working resolution only
+def test_tiny_digits_on_a_large_canvas(mnist: data.MnistData) -> None:
+    """Handwritten digits 10–25 px tall on 300–420 px photos: the full-resolution second look
+    makes them readable (nearest neighbours: measured 72 %; 47 % without it)."""
+    rng = np.random.default_rng(5)
+    inputs, labels = [], []
+    for i in range(100):
+        label, height = i % 10, int(rng.integers(10, 26))
+        digit = mnist.test_x[rng.choice(np.flatnonzero(mnist.test_y == label))]
+        ink = np.asarray(Image.fromarray(digit).resize((height, height), Image.Resampling.BICUBIC),
+                         np.float32) / 255
+        blob = photo(ink, side=int(rng.integers(300, 421)), noise=4, seed=i,
+                     at=(int(rng.integers(10, 250)), int(rng.integers(10, 250))))
+        inputs.append(decode(blob))
+        labels.append(label)
+    assert nearest_neighbour_accuracy(mnist, np.stack(inputs), labels) >= 0.65
 
 
 def test_a_digit_touching_the_border() -> None:
