@@ -7,13 +7,15 @@ a small NumPy working copy:
 
 1. any mode → 8-bit grayscale, alpha composited onto the background the strokes contrast with;
 2. box-reduced to at most ``WORK_SIDE`` pixels a side (no float copy of the full image);
-3. the paper's illumination estimated per cell (a robust percentile, then a median over
-   neighbouring cells) and removed, so a shadow or a gradient is not mistaken for ink;
-4. polarity from which side of that background the strong deviations lie (ink is a minority);
+3. polarity: ink is the minority class of Otsu's split of the image once its shading is
+   flattened (so chalk on a board and ink on paper both hold under uneven light);
+4. the paper's illumination (a gradient, a vignette) fitted as a smooth surface to the paper
+   side of each cell and removed, leaving only ink;
 5. a threshold: Otsu's, but never below the noise floor;
 6. the digit's own connected component(s): the heaviest central one plus nearby heavy parts
-   (a ``5``'s bar), not every bright speck, shadow or paper edge;
-7. MNIST's framing: the strokes' background-free intensity, cropped, fitted to 20×20 and placed
+   (a ``5``'s bar) and small parts inside its box, not specks, shadows or the paper's edge;
+7. a small digit on a large canvas is looked at again at full resolution;
+8. MNIST's framing: the strokes' background-free intensity, cropped, fitted to 20×20 and placed
    by centre of mass.
 
 A blank image (nothing stands out of the noise) raises :class:`NoDigit` rather than letting a
@@ -196,6 +198,12 @@ def _label_runs(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: i
     return label
 
 
+def _per_part(op: np.ufunc, part: np.ndarray, values: np.ndarray, n: int, start: int) -> np.ndarray:
+    out = np.full(n, start)
+    op.at(out, part, values)
+    return out
+
+
 def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
     """The pixels of the digit in an ink map, or None when nothing stands out of the noise."""
     if float(ink.max()) < max(MIN_CONTRAST, 6 * noise):
@@ -208,12 +216,11 @@ def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
                          axis=1)
     run_mass = cum[rows, ends] - cum[rows, starts]
     n = len(ids)
-    mass = np.bincount(run_comp, run_mass, n)
-    top = np.full(n, ink.shape[0]); np.minimum.at(top, run_comp, rows)  # noqa: E702
-    bottom = np.zeros(n, int); np.maximum.at(bottom, run_comp, rows)  # noqa: E702
-    left = np.full(n, ink.shape[1]); np.minimum.at(left, run_comp, starts)  # noqa: E702
-    right = np.zeros(n, int); np.maximum.at(right, run_comp, ends - 1)  # noqa: E702
     h, w = ink.shape
+    mass = np.bincount(run_comp, run_mass, n)
+    top, bottom = _per_part(np.minimum, run_comp, rows, n, h), _per_part(np.maximum, run_comp, rows, n, 0)
+    left = _per_part(np.minimum, run_comp, starts, n, w)
+    right = _per_part(np.maximum, run_comp, ends - 1, n, 0)
     cy, cx = (top + bottom) / 2 / h - 0.5, (left + right) / 2 / w - 0.5
     # Prefer heavy, central parts; a part spanning the whole frame is a shadow or a paper edge.
     spans = ((bottom - top + 1) > 0.95 * h) | ((right - left + 1) > 0.95 * w)
@@ -228,10 +235,11 @@ def digit_mask(ink: np.ndarray, noise: float) -> np.ndarray | None:
     keep = ((near & (mass >= 0.08 * mass[main])) | (inside & (mass >= 0.01 * mass[main]))) \
         & ~(spans & (np.arange(n) != main))
     keep[main] = True
-    mask = np.zeros(ink.shape, bool)
-    for r, s, e in zip(rows[keep[run_comp]].tolist(), starts[keep[run_comp]].tolist(),
-                       ends[keep[run_comp]].tolist(), strict=True):
-        mask[r, s:e] = True
+    kept = keep[run_comp]
+    edges = np.zeros((h, w + 1), np.int32)  # +1 where a kept run starts, -1 past its end
+    np.add.at(edges, (rows[kept], starts[kept]), 1)
+    np.add.at(edges, (rows[kept], ends[kept]), -1)
+    mask = edges.cumsum(axis=1)[:, :w] > 0
     # The strokes' soft (anti-aliased, blurred) edges: grow into faint ink, never into noise.
     faint = ink > 3 * noise + 1
     for _ in range(EDGE):
