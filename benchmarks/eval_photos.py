@@ -70,12 +70,17 @@ def preprocess(items: list[photos.Photo], fn: Callable[[Image.Image], np.ndarray
 
 def load_sessions(names: list[str]) -> dict[str, object]:
     import onnxruntime as ort
+    from bentoml.exceptions import NotFound
 
     from models.artifacts import ONNX_FILE, get_version
 
     sessions = {}
     for name in names:
-        version = get_version(name)
+        try:
+            version = get_version(name)
+        except NotFound:
+            print(f"{name}: no version in the store, skipped", flush=True)
+            continue
         md = version.metadata
         profile = md.get("profile", "?") + ("+overrides" if md.get("overrides") else "")
         mnist = md.get("metrics", {}).get("test_accuracy", float("nan"))
@@ -221,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = np.array([p.source for p in items])
     dark = np.array([p.light_on_dark for p in items])
     sessions = load_sessions(args.models)
+    if not sessions:
+        parser.error(f"none of {args.models} has a version in {args.store}")
     figures: dict = {
         "conditions": f"{os.cpu_count()} cores, 1-minute load average {os.getloadavg()[0]:.1f} "
                       f"at the start (a shared machine: other work ran beside it)",
@@ -249,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             contact_sheet(items, inputs, answers, args.out / "contact.png")
     if args.mnist_http:
         with tempfile.TemporaryDirectory(prefix="eval-photos-") as logs:
-            figures["mnist_http"] = mnist_http(Path(args.store), args.models, args.mnist_http, Path(logs))
+            figures["mnist_http"] = mnist_http(Path(args.store), [k.split(":")[0] for k in sessions],
+                                               args.mnist_http, Path(logs))
     command = "python -m benchmarks.eval_photos " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
     (args.out / "README.md").write_text(report(figures, command))
