@@ -199,6 +199,15 @@ def test_every_mode_gives_the_same_digit(mode: str) -> None:
     assert corr(mnist_from_image(_in_mode(mode))[0], reference) > 0.9
 
 
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation() -> None:
+    upright = Image.open(io.BytesIO(photo(glyph(7), side=200)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": the sensor stored it turned left
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", exif=exif)
+    assert corr(decode(buf.getvalue()), mnist_from_image(upright)[0]) > 0.95
+
+
 @pytest.mark.parametrize("image", [
     Image.new("L", (64, 64), 255),
     Image.new("RGB", (300, 200), (20, 20, 20)),
