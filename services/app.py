@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services import codecs, textgen
+from services import codecs, digits, textgen
 from services.dataplane import PLANE
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, clip
 from services.http import (
@@ -156,6 +156,9 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
                 {"digit": row[0], "label": labels[row[0]], "probability": p[0],
                  "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
                 for row, p in zip(order.tolist(), top, strict=True)]
+            if request.query_params.get("preview") in ("1", "true"):  # issue 12: what the model saw
+                for prediction, image in zip(predictions, images, strict=True):
+                    prediction["preview"] = digits.preview_png(image)
         timer.done(200)
         return versioned({"model": name, "version": loaded.version, "predictions": predictions},
                          name, loaded.version)
@@ -275,7 +278,8 @@ def build_router() -> APIRouter:
             description="diabetes: `{\"rows\": [...]}` (named fields or 8-number lists). MNIST "
                         "models: JSON `{\"instances\": [N,1,28,28] | [N,28,28] | [N,784]}` (floats "
                         "in [0,1] or 0–255 integers), an `.npy` body, one `image/*` body, or "
-                        "multipart images of any size. Optional `top_k` (1–10).",
+                        "multipart images of any size. Optional `top_k` (1–10); `?preview=1` adds "
+                        "each model input (28×28) as a base64 PNG.",
             openapi_extra=_PREDICT_BODY)
         router.add_api_route(
             f"/models/{{name}}{suffix}/generate", generate, methods=["POST"],

@@ -3,9 +3,8 @@
 - tabular rows (named fields or 8-number lists);
 - MNIST tensors from JSON (``[N,1,28,28]``, ``[N,28,28]`` or ``[N,784]``; floats in [0, 1] or
   0–255 integers) and from ``.npy`` bodies;
-- images of any format, size and mode, turned into MNIST-looking digits: grayscale, a dark digit
-  on a light background inverted, cropped to the digit, scaled to fit 20×20 and centred by its
-  centre of mass in 28×28 — the way the MNIST set itself was made.
+- images of any format, size and mode, turned into MNIST-looking digits by ``services.digits``
+  (photos of digits on paper included).
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from models.catalog import DIABETES_FEATURES
+from services import digits
 from services.errors import InvalidInput, PayloadTooLarge
 
-IMAGE_SIDE = 28
-DIGIT_BOX = 20
+IMAGE_SIDE = digits.IMAGE_SIDE
 
 
 # ------------------------------------------------------------------------------------ tabular
@@ -195,57 +194,9 @@ def load_image(image: Image.Image, name: str) -> Image.Image:
 
 
 def mnist_from_image(image: Image.Image) -> np.ndarray:
-    """Any image → float32 [1, 28, 28] in [0, 1], a light digit on black, MNIST-style."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3] / 255.0
-        # Composite onto white; a light digit on a transparent canvas leaves no contrast there,
-        # and then the alpha channel itself is the digit's shape.
-        gray = rgba[..., :3].mean(-1) * alpha + 255.0 * (1 - alpha)
-        if gray.max() - gray.min() < 32:
-            gray = 255.0 * (1 - alpha)
-    else:
-        gray = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32)
-    if _border_mean(gray) > 127:  # dark digit on a light background → invert, as MNIST is
-        gray = 255.0 - gray
-    gray = np.clip(gray - np.percentile(gray, 50) * 0.5, 0, 255)  # lift a grey background to black
-    mask = gray > 0.1 * gray.max() if gray.max() > 0 else np.zeros_like(gray, bool)
-    if not mask.any():
-        return np.zeros((1, IMAGE_SIDE, IMAGE_SIDE), np.float32)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    crop = gray[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-    h, w = crop.shape
-    scale = DIGIT_BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    digit = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
-                       dtype=np.float32)
-    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
-    top, left = (IMAGE_SIDE - size[1]) // 2, (IMAGE_SIDE - size[0]) // 2
-    canvas[top: top + size[1], left: left + size[0]] = digit
-    canvas = _center_of_mass_shift(canvas)
-    peak = canvas.max()
-    return (canvas / peak if peak > 0 else canvas)[None].astype(np.float32)
-
-
-def _border_mean(gray: np.ndarray) -> float:
-    return float(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).mean())
-
-
-def _center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
-    total = canvas.sum()
-    if total <= 0:
-        return canvas
-    ys, xs = np.indices(canvas.shape)
-    # MNIST put each digit's centre of mass at pixel (14, 14) of the 28×28 frame.
-    dy = int(round(IMAGE_SIDE / 2 - (ys * canvas).sum() / total))
-    dx = int(round(IMAGE_SIDE / 2 - (xs * canvas).sum() / total))
-    shifted = np.zeros_like(canvas)
-    src_y = slice(max(0, -dy), IMAGE_SIDE - max(0, dy))
-    dst_y = slice(max(0, dy), IMAGE_SIDE - max(0, -dy))
-    src_x = slice(max(0, -dx), IMAGE_SIDE - max(0, dx))
-    dst_x = slice(max(0, dx), IMAGE_SIDE - max(0, -dx))
-    shifted[dst_y, dst_x] = canvas[src_y, src_x]
-    return shifted
+    """Any image of one digit → float32 [1, 28, 28] in [0, 1], MNIST-style (``services.digits``);
+    a blank image is a 400 naming the problem."""
+    return digits.mnist_digit(image)
 
 
 def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: int,
