@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from models.catalog import DIABETES_FEATURES
 from services import digits
-from services.errors import InvalidInput, PayloadTooLarge
+from services.errors import InvalidInput, PayloadTooLarge, clip
 
 IMAGE_SIDE = digits.IMAGE_SIDE
 
@@ -215,7 +215,16 @@ def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: in
         raise PayloadTooLarge(f"{len(images)} images of {total} pixels in all exceed the "
                               f"{max_request_pixels}-pixel budget of one request "
                               f"(max_request_pixels)", field="images")
-    return np.stack([mnist_from_image(load_image(image, name)) for name, image in images])
+    return np.stack([_digit(name, image) for name, image in images])
+
+
+def _digit(name: str, image: Image.Image) -> np.ndarray:
+    """One decoded image → its MNIST input; an image with no digit is named in the 400 (which of
+    a multipart upload's files it was)."""
+    try:
+        return mnist_from_image(load_image(image, name))
+    except digits.NoDigit as exc:
+        raise digits.NoDigit(f"{clip(name)}: {exc.message}", field=name) from None
 
 
 # --------------------------------------------------------------------------------------- text

@@ -254,3 +254,17 @@ def test_blank_image_over_http_is_a_400(server) -> None:
                              headers={"content-type": "image/png"})
     assert answer.status_code == 400
     assert "no digit found" in answer.json()["error"]
+
+
+def test_a_blank_file_in_a_multipart_upload_is_named(server) -> None:
+    digit, blank = io.BytesIO(), io.BytesIO()
+    Image.new("L", (28, 28), 255).save(blank, "PNG")
+    canvas = Image.new("L", (64, 64), 255)
+    canvas.paste(0, (28, 10, 36, 54))  # a dark "1"
+    canvas.save(digit, "PNG")
+    files = [("images", ("one.png", digit.getvalue(), "image/png")),
+             ("images", ("empty-page.png", blank.getvalue(), "image/png"))]
+    with server.client() as client:
+        answer = client.post("/v1/models/mnist-fc/predict", files=files)
+    assert answer.status_code == 400
+    assert "empty-page.png" in answer.json()["error"] and "no digit found" in answer.json()["error"]
