@@ -87,17 +87,23 @@ def _load(url: str, sent: list[int]) -> list[object]:
     return asyncio.run(run())
 
 
+def _in_flight(url: str) -> tuple[threading.Thread, list[object]]:
+    """Start the 64 requests of ``_load`` in a thread; return once all were sent (or after 30 s)."""
+    sent: list[int] = []
+    outcomes: list[object] = []
+    loader = threading.Thread(target=lambda: outcomes.extend(_load(url, sent)))
+    loader.start()
+    deadline = time.monotonic() + 30
+    while len(sent) < 64 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return loader, outcomes
+
+
 def test_sigterm_drains_in_flight_work_then_exits_0(store: Path, tmp_path: Path) -> None:
     """Before: the 64 requests in flight failed with read errors and /readyz was refused."""
     with serve(store, tmp_path, env={**MODELS, "PODIUM_DRAIN_GRACE_S": "60"}) as server:
         tree = _tree(server.proc.pid)
-        sent: list[int] = []
-        outcomes: list[object] = []
-        loader = threading.Thread(target=lambda: outcomes.extend(_load(server.url, sent)))
-        loader.start()
-        deadline = time.monotonic() + 30
-        while len(sent) < 64 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        loader, outcomes = _in_flight(server.url)
         time.sleep(0.3)  # all 64 are in the worker (16 generations take seconds on 2 cores)
         server.proc.send_signal(signal.SIGTERM)
         ready, refused = [], None
@@ -155,13 +161,7 @@ def test_stop_kills_the_whole_tree_when_a_drain_outlasts_its_grace(store: Path,
     included (before: a process-group SIGKILL missed the worker, which kept answering)."""
     with serve(store, tmp_path, env=MODELS) as server:
         tree = _tree(server.proc.pid)
-        sent: list[int] = []
-        outcomes: list[object] = []
-        loader = threading.Thread(target=lambda: outcomes.extend(_load(server.url, sent)))
-        loader.start()
-        deadline = time.monotonic() + 30
-        while len(sent) < 64 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        loader, outcomes = _in_flight(server.url)
         stop(server.proc, grace_s=0.2)  # the 64 requests need seconds: the drain cannot finish
         _wait_gone(tree, server.port, 5)
         loader.join(60)
