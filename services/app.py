@@ -16,11 +16,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,7 +32,6 @@ from services.http import (
     JSON,
     Timer,
     error_response,
-    http_error,
     media_type,
     parse_json,
     read_body,
@@ -186,9 +183,10 @@ async def _text_request(request: Request, name: str, version: str | None, endpoi
         if not isinstance(prompt, str):
             raise InvalidInput("prompt must be a non-empty string", field="prompt")
         vocab = len(loaded.vocab) - 1
-        if endpoint == "generate":
-            n = codecs.number_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars)
-            textgen.check_work([prompt], n, cfg)
+        generating = endpoint == "generate"
+        n = codecs.number_field(payload, "max_new_chars", 200, int, 1, cfg.max_new_chars) if generating else 0
+        textgen.check_work([prompt], n, cfg)
+        if generating:
             temperature = codecs.number_field(payload, "temperature", 1.0, float, 0.0, 5.0,
                                       inclusive_low=False)
             top_k = codecs.number_field(payload, "top_k", None, int, 1, vocab)
@@ -197,7 +195,6 @@ async def _text_request(request: Request, name: str, version: str | None, endpoi
             content = {"model": name, "version": loaded.version, "prompt": prompt, "text": text,
                        "unknown_chars": unknown}
         else:
-            textgen.check_work([prompt], 0, cfg)
             top_k = codecs.number_field(payload, "top_k", 5, int, 1, vocab)
             dist, unknown = await textgen.next_distribution(loaded, prompt, top_k)
             content = {"model": name, "version": loaded.version, "prompt": prompt,
@@ -321,7 +318,7 @@ def create_hot_app() -> Starlette:
                    Route(f"/v1{base}/generate", _plain(generate), methods=["POST"]),
                    Route(f"/v1{base}/next", _plain(next_chars), methods=["POST"]),
                    Route(f"/v2{base}/infer", _plain(protocol.infer), methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes)
 
 
 def create_app() -> FastAPI:
@@ -329,16 +326,5 @@ def create_app() -> FastAPI:
 
     app = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     for router in (build_router(), protocol.build_router(), admin.build_router()):
-        _answer_head(router)
         app.include_router(router, responses=ERROR_RESPONSES)
-    app.add_exception_handler(HTTPException, http_error)
     return app
-
-
-def _answer_head(router: APIRouter) -> None:
-    """HEAD on every GET route, as Starlette's own routes answer it (FastAPI's do not); the
-    copies stay out of the OpenAPI page."""
-    for route in list(router.routes):
-        if isinstance(route, APIRoute) and "GET" in route.methods:
-            router.add_api_route(route.path.removeprefix(router.prefix), route.endpoint,
-                                 methods=["HEAD"], include_in_schema=False)

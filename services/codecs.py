@@ -156,7 +156,7 @@ def decode_npy(body: bytes, max_items: int) -> np.ndarray:
 # Larger images are shrunk to this side before preprocessing (JPEGs are decoded at a reduced
 # scale outright): an MNIST digit ends up 20 pixels tall, so more detail only costs memory and
 # time — a 4096×4096 RGBA image would otherwise reach the preprocessing as 64 MB of pixels.
-WORK_SIDE = 1024
+DECODE_SIDE = 1024
 
 
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -184,9 +184,9 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
 
 
 def load_image(image: Image.Image, name: str) -> Image.Image:
-    """Decode an opened image, at most ``WORK_SIDE`` pixels a side, in its own mode."""
+    """Decode an opened image, at most ``DECODE_SIDE`` pixels a side, in its own mode."""
     try:
-        image.thumbnail((WORK_SIDE, WORK_SIDE))  # decodes; shrinks only when larger
+        image.thumbnail((DECODE_SIDE, DECODE_SIDE))  # decodes; shrinks only when larger
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"{name}: truncated or corrupt image ({exc})", field=name) from None

@@ -107,14 +107,14 @@ class _Reply:
 
     def _message(self, status: int, headers: list[tuple[bytes, bytes]],
                  payload: dict[str, Any] | None) -> str:
-        if payload is not None and "detail" in payload:  # FastAPI's shape
-            return str(payload["detail"])
         method, path = self.scope["method"], _echo(self.scope)
-        if status == 404:
-            return f"no route for {method} {path}"
-        if status == 405:
+        if status == 405:  # Starlette's and FastAPI's alike: name the methods the route takes
             allow = next((v.decode("latin-1") for k, v in headers if k.lower() == b"allow"), "")
             return f"method {method} is not allowed on {path}" + (f"; allowed: {allow}" if allow else "")
+        if payload is not None and "detail" in payload:  # FastAPI's shape
+            return str(payload["detail"])
+        if status == 404:
+            return f"no route for {method} {path}"
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:

@@ -8,11 +8,10 @@ import time
 from typing import Any
 
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.errors import InvalidInput, PayloadTooLarge, PodiumError, clip
+from services.errors import InvalidInput, PayloadTooLarge, PodiumError
 from services.metrics import UNKNOWN
 
 log = logging.getLogger("podium.http")
@@ -77,17 +76,6 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for code, what in (("4XX", "the client's mistake, named"), ("5XX", "overloaded, loading or failed"))}
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """The routing layer's own errors (a 405 for a method a Podium route does not take) in
-    Podium's JSON shape; registered on both of the service's apps."""
-    assert isinstance(exc, HTTPException)
-    message = str(exc.detail)
-    allowed = (exc.headers or {}).get("Allow")
-    if exc.status_code == 405 and allowed:
-        message = f"method {clip(request.method)} is not allowed here; allowed: {allowed}"
-    return JSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def versioned(content: dict[str, Any], name: str, version: str, status: int = 200) -> JSON:
