@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.ts"
 VOCAB_FILE = "vocab.json"
 PODIUM_LABEL = "podium"  # BentoML label marking versions written by Podium
+
+
+def store_home() -> Path:
+    """The BentoML home (``BENTOML_HOME``, else ``~/bentoml``): the store, and what Podium keeps
+    beside it (rollout state, Prometheus directories, TensorRT engines)."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

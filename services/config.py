@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from models.artifacts import store_home
 from models.catalog import MODEL_NAMES
 
 DEFAULT_MAX_BATCH = {"diabetes": 1024, "mnist-fc": 256, "mnist-cnn": 256, "mnist-googlenet": 256,
@@ -154,8 +155,7 @@ class ServeConfig(BaseModel):
     def tensorrt_cache_path(self) -> str:
         if self.tensorrt_cache_dir:
             return self.tensorrt_cache_dir
-        home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
-        return str(Path(home) / "podium-trt-cache")
+        return str(store_home() / "podium-trt-cache")
 
     def pinned(self, name: str) -> list[str]:
         value = self.versions.get(name)

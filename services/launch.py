@@ -72,7 +72,8 @@ def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
         proc.send_signal(signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
-    tree += [p for p in _tree(proc.pid) if p not in tree]  # started during the grace period
+    if proc.poll() is None:  # once reaped, its pid may already belong to another process
+        tree += [p for p in _tree(proc.pid) if p not in tree]  # started during the grace period
     for p in tree:
         with suppress(psutil.NoSuchProcess):
             p.kill()

@@ -146,7 +146,7 @@ class Repository:
                     self.set_stable(name, loaded.version)
         self.ready = True
         log.info("ready: %d model(s), %d version(s) loaded and warm in %.2fs%s",
-                 len(self.stable), sum(len(v) for v in self.loaded.values()),
+                 len(self._stable), sum(len(v) for v in self.loaded.values()),
                  time.perf_counter() - started,
                  f"; not served: {', '.join(sorted(self.failed))}" if self.failed else "")
 
@@ -242,12 +242,12 @@ class Repository:
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
         versions = self.model(name)
         if version is None:
-            return versions[self.stable[name]]
+            return versions[self._stable[name]]  # per request: no read-only view built
         found = versions.get(version)
-        why = self.failed.get(name, {}).get(version)
-        if found is None and why is not None:
-            raise ModelNotReady(f"version {version!r} of model {name!r} failed to load: {why}")
         if found is None:
+            why = self.failed.get(name, {}).get(version)
+            if why is not None:
+                raise ModelNotReady(f"version {version!r} of model {name!r} failed to load: {why}")
             raise ModelNotFound(f"version {version!r} of model {name!r} is not loaded; loaded "
                                 f"versions: {', '.join(versions)}")
         return found
@@ -256,7 +256,7 @@ class Repository:
         out = []
         for name, versions in self.loaded.items():
             for version, loaded in versions.items():
-                out.append({**loaded.describe(), "stable": self.stable.get(name) == version})
+                out.append({**loaded.describe(), "stable": self._stable.get(name) == version})
         return out
 
 

@@ -18,6 +18,7 @@ import bentoml
 import click
 from bentoml._internal.configuration.containers import BentoMLContainer
 
+from models.artifacts import store_home
 from services import edge, worker
 from services.app import create_app, create_hot_app
 from services.config import get_config
@@ -42,16 +43,8 @@ CONFIG = get_config()
 # BentoML empties its Prometheus directory under BENTOML_HOME when a server starts: one per
 # deployment, so a second server on the same store (a test server beside a dev server) does not
 # wipe the first one's metrics (issue 11).
-# (BentoML's home read as BentoML reads it, without fixing its cached value in this process.)
-_HOME = os.path.expandvars(os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml")))
 BentoMLContainer.prometheus_multiproc_dir.set(
-    os.path.join(_HOME, "prometheus_multiproc_dir", deployment_name(CONFIG)))
-# Issue 13: device=cuda without a usable GPU stops `bentoml serve` here, in the main process, with
-# one line naming the reason; inside a worker the same error would only restart it forever.
-try:
-    check_device(CONFIG.device, CONFIG.runtime)
-except DeviceUnavailable as exc:
-    raise SystemExit(f"podium: start-up failed: DeviceUnavailable: {exc}") from None
+    str(store_home() / "prometheus_multiproc_dir" / deployment_name(CONFIG)))
 app = create_app()
 hot_app = create_hot_app()
 
@@ -97,9 +90,15 @@ class Podium:
 
     @bentoml.on_deployment
     def check_store() -> None:
-        """Runs once in ``bentoml serve``'s own process before any worker starts: with
-        ``strict``, a version that is missing or fails its checksums stops start-up here, and a
-        worker's later load failure makes this process exit 1 (``services.worker``)."""
+        """Runs once in ``bentoml serve``'s own process before any worker starts. device=cuda
+        without a usable GPU stops start-up here with one line naming the reason, strict or not
+        (inside a worker the same error would only restart it forever). With ``strict``, a
+        version that is missing or fails its checksums stops it too, and a worker's later load
+        failure makes this process exit 1 (``services.worker``)."""
+        try:
+            check_device(CONFIG.device, CONFIG.runtime)
+        except DeviceUnavailable as exc:
+            raise SystemExit(f"podium: start-up failed: DeviceUnavailable: {exc}") from None
         if not CONFIG.strict:
             return
         if problems := preflight(CONFIG):

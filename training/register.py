@@ -15,15 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from models.artifacts import FORMAT_VERSION, PODIUM_LABEL, sha256_file
+from models.artifacts import FORMAT_VERSION, PODIUM_LABEL, sha256_file, store_home
 
 
 class StoreError(RuntimeError):
     """The model store cannot be used (not writable, not a directory…)."""
-
-
-def store_home() -> Path:
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
 
 
 def use_store(path: str | Path | None) -> Path:

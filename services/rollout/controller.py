@@ -70,6 +70,7 @@ class Rollout:
         self.refused: dict[str, str] = {}  # model → why this worker refused the stored plan
         self.ready = threading.Event()  # set once the store has been read
         self._contact = time.monotonic()  # the last successful read of the store
+        self._applied_text: str | None = None  # the stored text last seen and applied
         self._outage: str | None = None
         self._apply_lock = threading.Lock()  # one apply at a time (watcher and admin threads)
         self.outcomes = Recorder()  # guarded by its own lock
@@ -96,8 +97,9 @@ class Rollout:
                 continue
             last_beat = time.monotonic()
             try:
-                self.store.beat(self.worker, self._snapshot())
-                self._judge_all()
+                mine = self._snapshot()
+                self.store.beat(self.worker, mine)
+                self._judge_all(mine)
             except StoreUnavailable:
                 pass  # reported by _follow
             except Exception:  # the watcher must outlive any one bad moment
@@ -122,7 +124,9 @@ class Rollout:
             self._outage = None
 
     def _read(self) -> State:
-        text = self.store.read()
+        return self._parse(self.store.read())
+
+    def _parse(self, text: str | None) -> State:
         try:
             return State.from_json(json.loads(text), self.defaults) if text else State()
         except (ValueError, StateInvalid) as exc:
@@ -132,10 +136,14 @@ class Rollout:
     def sync(self) -> None:
         """Apply the stored state if its revision is not the one applied here."""
         with self._apply_lock:
-            state = self._read()
+            text = self.store.read()
             self._contact = time.monotonic()
+            if self.ready.is_set() and text == self._applied_text:
+                return  # every poll of an unchanged state: no parse, no validation
+            state = self._parse(text)
             if not self.ready.is_set() or state.revision != self.state.revision:
                 self._apply(state)
+            self._applied_text = text
             self.ready.set()
 
     def _load(self, name: str, plan: ModelRollout) -> None:
@@ -264,16 +272,16 @@ class Rollout:
                 "refused": self.refused,
                 "models": self.outcomes.snapshot(lambda name: self._limits(name).window_s)}
 
-    def _beats(self) -> list[dict[str, Any]]:
-        """Every live worker's heartbeat, this worker's taken fresh."""
-        mine = self._snapshot()
+    def _beats(self, mine: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every live worker's heartbeat, this worker's taken fresh (or the one just sent)."""
+        mine = mine or self._snapshot()
         return [mine, *(b for b in self.store.beats() if b.get("worker") != self.worker)]
 
-    def _judge_all(self) -> None:
+    def _judge_all(self, mine: dict[str, Any]) -> None:
         rollouts = [(n, p) for n, p in self.plans.items() if p.candidate is not None]
         if not rollouts or not self.store.lease(self.worker, LEASE_S):
             return
-        beats = self._beats()
+        beats = self._beats(mine)
         for name, plan in rollouts:
             found = judge_beats(name, plan, beats, self.defaults)
             if found.result != "fail":

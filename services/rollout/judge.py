@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import takewhile
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,7 @@ class Outcomes:
         """Totals, the window's counts and recent latencies (ms), as JSON."""
         since = time.time() - window_s
         with self._lock:
-            window = [b for b in self._buckets if b[0] + 1 > since]
+            window = list(takewhile(lambda b: b[0] + 1 > since, reversed(self._buckets)))
             recent = list(self._recent)
             totals = asdict(self.totals)
         return {**totals, "window": {"requests": sum(b[1] for b in window),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from models.artifacts import store_home
 from services.config import ServeConfig
 from services.errors import PodiumError
 
@@ -269,5 +270,4 @@ def open_store(config: ServeConfig) -> RolloutStore:
                          f"{redacted(config.rollout_store)!r}")
     if config.rollout_state:
         return FileStore(Path(config.rollout_state))
-    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
-    return FileStore(home / "podium-rollout" / f"{deployment}.json")
+    return FileStore(store_home() / "podium-rollout" / f"{deployment}.json")
