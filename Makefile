@@ -43,12 +43,13 @@ serve: venv
 	$(BIN)/podium serve
 
 # System packages the tests use, from Debian when missing: redis-server (the rollout store's tests
-# start a real one on 127.0.0.1) and the DejaVu fonts (the photo set renders digits with them).
-test-tools:
-	@command -v redis-server >/dev/null 2>&1 && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || { \
+# start a real one on 127.0.0.1) and the DejaVu fonts (photo-fonts, mk/eval.mk: the photo set
+# renders digits with them).
+test-tools: photo-fonts
+	@command -v redis-server >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get install -y redis-server fonts-dejavu-core || { \
-			$$SUDO apt-get update && $$SUDO apt-get install -y redis-server fonts-dejavu-core; }; }
+		$$SUDO apt-get install -y redis-server || { \
+			$$SUDO apt-get update && $$SUDO apt-get install -y redis-server; }; }
 
 test: venv test-tools
 	$(BIN)/python -m pytest

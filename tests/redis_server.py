@@ -11,7 +11,7 @@ from pathlib import Path
 
 from services.launch import free_port
 
-INSTALL_HINT = "redis-server is missing: apt-get install -y redis-server (.ci/run does this)"
+INSTALL_HINT = "redis-server is missing: apt-get install -y redis-server (make test installs it)"
 
 
 class RedisServer:

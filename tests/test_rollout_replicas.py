@@ -100,7 +100,7 @@ def clients(replicas) -> Iterator[tuple[httpx.Client, httpx.Client]]:
                 admin(ca, "rollback")
 
 
-def test_unreachable_store_is_not_ready(tmp_path: Path, redis: RedisServer) -> None:
+def test_unreachable_store_is_not_ready(redis: RedisServer) -> None:
     from services.launch import free_port
 
     config = load_config(rollout_store=f"redis://127.0.0.1:{free_port()}/0", models=["diabetes"])

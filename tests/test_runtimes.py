@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from services import runtimes
 from services.config import DEFAULT_GPU_MAX_BATCH, DEFAULT_MAX_BATCH, load_config
-from services.launch import Server, serve
+from services.launch import Server
 from services.repository import warm_batch_sizes
 from services.runtimes import (
     CPU,
@@ -261,13 +261,3 @@ def test_server_reports_and_logs_the_provider_used(server: Server) -> None:
     # warmed at every batch bucket up to this device's limit before /readyz said ready
     warmed = r"loaded mnist-cnn:\S+ \(onnx on cpu, warmed at batch 1, 2, 4, 8, 16, 32, 64, 128, 256\)"
     assert re.search(warmed, logs)
-
-
-def test_device_cuda_without_a_gpu_stops_the_server_at_start(tiny_store: Path, tmp_path: Path) -> None:
-    """`bentoml serve` itself exits with the reason; it does not restart a failing worker forever,
-    hang, or serve on the CPU."""
-    with pytest.raises(RuntimeError, match="server exited") as failed, \
-            serve(tiny_store, tmp_path, env={"PODIUM_DEVICE": "cuda", "PODIUM_MODELS": "diabetes"},
-                  ready_timeout=90):
-        pass
-    assert "DeviceUnavailable: device=cuda was asked for" in str(failed.value)
