@@ -28,6 +28,11 @@ DEFAULT_GPU_MAX_BATCH = {"diabetes": 4096, "mnist-fc": 1024, "mnist-cnn": 1024, 
                          "mnist-resnet": 1024, "char-rnn": 256}
 
 
+def _cores_but_one() -> int:
+    """The event loop keeps a core: the default for threads that compute beside it."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class ServeConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -140,11 +145,11 @@ class ServeConfig(BaseModel):
         (results/bench/README.md, configuration experiment)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) - 1)
+        return _cores_but_one()
 
     def image_decode_threads(self) -> int:
         """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
-        return self.decode_threads or max(1, (os.cpu_count() or 1) - 1)
+        return self.decode_threads or _cores_but_one()
 
     def max_batch(self, name: str, device: str = "cpu") -> int:
         """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda)."""

@@ -53,7 +53,8 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
             signal.signal(sig, handler)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and every process under it (empty once it is gone)."""
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -67,13 +68,13 @@ def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
 
     The tree is listed first because circus starts each worker in its own process group (a
     process-group kill misses it) and a worker outlives a killed parent."""
-    tree = _tree(proc.pid)
+    tree = process_tree(proc.pid)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
     if proc.poll() is None:  # once reaped, its pid may already belong to another process
-        tree += [p for p in _tree(proc.pid) if p not in tree]  # started during the grace period
+        tree += [p for p in process_tree(proc.pid) if p not in tree]  # started during the grace period
     for p in tree:
         with suppress(psutil.NoSuchProcess):
             p.kill()

@@ -23,16 +23,11 @@ import pytest
 import yaml
 
 from services.config import load_config
-from services.launch import BENTOML, ROOT, free_port, serve, stop
+from services.launch import BENTOML, ROOT, free_port, process_tree, serve, stop
 from services.repository import preflight
 
 # Two models keep start-up short; char-rnn for long in-flight generations, mnist-cnn for images.
 MODELS = {"PODIUM_MODELS": "mnist-cnn,char-rnn"}
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -102,7 +97,7 @@ def _in_flight(url: str) -> tuple[threading.Thread, list[object]]:
 def test_sigterm_drains_in_flight_work_then_exits_0(store: Path, tmp_path: Path) -> None:
     """Before: the 64 requests in flight failed with read errors and /readyz was refused."""
     with serve(store, tmp_path, env={**MODELS, "PODIUM_DRAIN_GRACE_S": "60"}) as server:
-        tree = _tree(server.proc.pid)
+        tree = process_tree(server.proc.pid)
         loader, outcomes = _in_flight(server.url)
         time.sleep(0.3)  # all 64 are in the worker (16 generations take seconds on 2 cores)
         server.proc.send_signal(signal.SIGTERM)
@@ -128,7 +123,7 @@ def test_sigterm_drains_in_flight_work_then_exits_0(store: Path, tmp_path: Path)
 
 
 # -- the process tree ---------------------------------------------------------------------------
-def test_sigterm_to_podium_serve_stops_the_whole_tree(store: Path, tmp_path: Path) -> None:
+def test_sigterm_to_podium_serve_stops_the_wholeprocess_tree(store: Path, tmp_path: Path) -> None:
     """Before: `podium serve` died of the signal and left `bentoml serve` and its worker serving."""
     port = free_port()
     env = {**os.environ, **MODELS, "BENTOML_HOME": str(store), "BENTOML_DO_NOT_TRACK": "true"}
@@ -146,7 +141,7 @@ def test_sigterm_to_podium_serve_stops_the_whole_tree(store: Path, tmp_path: Pat
                 pass
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
-        tree = _tree(proc.pid)
+        tree = process_tree(proc.pid)
         assert len(tree) >= 3  # podium serve → bentoml serve → worker
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -160,7 +155,7 @@ def test_stop_kills_the_whole_tree_when_a_drain_outlasts_its_grace(store: Path,
     """stop() with a grace shorter than the drain SIGKILLs every process of the tree, the worker
     included (before: a process-group SIGKILL missed the worker, which kept answering)."""
     with serve(store, tmp_path, env=MODELS) as server:
-        tree = _tree(server.proc.pid)
+        tree = process_tree(server.proc.pid)
         loader, outcomes = _in_flight(server.url)
         stop(server.proc, grace_s=0.2)  # the 64 requests need seconds: the drain cannot finish
         _wait_gone(tree, server.port, 5)
@@ -172,7 +167,7 @@ def test_an_orphaned_worker_stops_itself(store: Path, tmp_path: Path) -> None:
     """SIGKILL to `bentoml serve`'s process group alone: its worker (in its own group) notices
     the parent is gone, drains and exits, closing the port."""
     with serve(store, tmp_path, env=MODELS) as server:
-        tree = _tree(server.proc.pid)
+        tree = process_tree(server.proc.pid)
         assert any(os.getpgid(p.pid) != os.getpgid(server.proc.pid) for p in tree)
         os.killpg(server.proc.pid, signal.SIGKILL)
         _wait_gone(tree, server.port, 15)

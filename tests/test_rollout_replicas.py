@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from services.config import load_config
-from services.launch import serve
+from services.launch import process_tree, serve
 from services.repository import Repository
 from services.rollout import RedisStore, Rollout
 from tests import test_rollout
@@ -189,8 +188,7 @@ def test_redis_outage_and_restart(clients, versions: dict[str, Any], redis: Redi
 
 
 def rss_mb(server) -> float:
-    proc = psutil.Process(server.proc.pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+    return sum(p.memory_info().rss for p in process_tree(server.proc.pid)) / 2**20
 
 
 def test_unloading_keeps_memory_flat_over_20_cycles(replicas, clients, clones: list[str]) -> None:

@@ -40,8 +40,6 @@ class Photo:
     label: int
     source: str  # font | stroke | hand
     data: bytes  # the encoded file, as uploaded
-    fmt: str  # PNG | JPEG
-    mode: str  # RGB | L | RGBA
     side: int  # canvas pixels
     light_on_dark: bool
     glyph: np.ndarray  # clean ink coverage in [0, 1], upright-rotated like the photo
@@ -153,7 +151,7 @@ def _photograph(glyph: np.ndarray, label: int, rng: np.random.Generator, index: 
     fmt = "PNG" if mode == "RGBA" or rng.random() < 0.4 else "JPEG"
     buf = io.BytesIO()
     out.save(buf, fmt, **({"quality": int(rng.integers(50, 93))} if fmt == "JPEG" else {}))
-    return Photo(index, label, source, buf.getvalue(), fmt, mode, side, light_on_dark, glyph)
+    return Photo(index, label, source, buf.getvalue(), side, light_on_dark, glyph)
 
 
 def photo_set(count: int = SET_SIZE, seed: int = SEED,

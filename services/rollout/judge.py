@@ -247,13 +247,18 @@ class Recorder:
         return models
 
 
+def rollout_parts(name: str, rollout_id: str, beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each worker's heartbeat says of ``name`` under this rollout (older ones left out)."""
+    return [b["models"][name] for b in beats
+            if b.get("models", {}).get(name, {}).get("rollout_id") == rollout_id]
+
+
 def judge_beats(name: str, plan: ModelRollout, beats: list[dict[str, Any]], defaults: Limits
                 ) -> Verdict:
     """``plan``'s candidate judged on the counts every worker's heartbeat carries for this
     rollout, summed."""
     assert plan.candidate is not None
-    parts = [b["models"][name] for b in beats
-             if b.get("models", {}).get(name, {}).get("rollout_id") == plan.rollout_id]
+    parts = rollout_parts(name, plan.rollout_id, beats)
     window = Counts.total(p["versions"][plan.candidate]["window"] for p in parts
                           if plan.candidate in p["versions"])
     agreement = (Agreement.total(p["agreement"] for p in parts if "agreement" in p)

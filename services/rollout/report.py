@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from services.rollout.judge import Agreement, judge_beats, summarize
+from services.rollout.judge import Agreement, judge_beats, rollout_parts, summarize
 from services.rollout.state import Limits, ModelRollout, State
 
 
@@ -44,9 +44,8 @@ def model_status(name: str, plan: ModelRollout, beats: list[dict[str, Any]],
         "versions": versions, "events": [e for e in events if e.get("model") == name][-10:]}
     if plan.mode == "shadow":
         info["shadow"] = Agreement.total(
-            b["models"][name]["agreement"] for b in beats
-            if b.get("models", {}).get(name, {}).get("rollout_id") == plan.rollout_id
-            and "agreement" in b["models"][name]).to_json()
+            p["agreement"] for p in rollout_parts(name, plan.rollout_id, beats)
+            if "agreement" in p).to_json()
     return info
 
 
