@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"podium-{name}", [str(b.BIN / "bentoml"), "serve", "services.service:Podium",
                                        "--host", "127.0.0.1", "--port", str(port)],
                     env, work / f"{name}.log", "/readyz", port, cwd=tree))
+                result.setdefault("ready_s", {})[name] = servers[name].ready_s
                 status, data, _ = b.post(port, path, body)
                 if status != 200:
                     raise RuntimeError(f"{name}: {path} answered {status}: {data[:300]!r}")
@@ -117,7 +118,11 @@ def report(result: dict[str, Any], reproduce: str) -> str:
         rounds = ", ".join(f"{p['ok_rps']:.0f}" for p in result["points"][name])
         lines.append(f"| {name} | `{commit[:10]}` | {result['median_rps'][name]:.0f} | "
                      f"{result['median_p99_ms'][name]:.1f} | {rounds} |")
-    lines += ["", f"Ratio head/base: **{result['ratio']:.3f}** (needs ≥ {result['min_ratio']}); "
+    ready = result.get("ready_s", {})
+    lines += ["", "Start (`bentoml serve` → `/readyz` 200, every configured model loaded and warm): "
+              + ", ".join(f"{name} {ready[name]:.2f} s" for name in ("base", "head") if name in ready)
+              + " (the two servers start one after the other).",
+              "", f"Ratio head/base: **{result['ratio']:.3f}** (needs ≥ {result['min_ratio']}); "
               f"errors: {result['errors']}; load average start {result['load_avg_start'][0]:.2f}, "
               f"end {result['load_avg_end'][0]:.2f}."]
     if result["code"].get("dirty"):
