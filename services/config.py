@@ -1,24 +1,43 @@
 """Serving configuration: one home, documented defaults, a YAML file and environment variables.
 
-Precedence (lowest first): the defaults below → the YAML file named by ``PODIUM_CONFIG``
-(default ``podium.yaml`` in the working directory, if present) → ``PODIUM_<FIELD>`` environment
-variables (``PODIUM_PORT=3001``; dict and list fields take JSON: ``PODIUM_VERSIONS='{"mnist-cnn":
-"abc"}'``). Every field is documented in the README's serving section.
+``ServeConfig`` is a ``pydantic-settings`` class; its sources, highest precedence first: keyword
+arguments (``load_config(port=...)``, the CLI's ``--host/--port/--workers``) → ``PODIUM_<FIELD>``
+environment variables (``PODIUM_PORT=3001``; maps and lists are JSON, ``PODIUM_VERSIONS='{"mnist-cnn":
+"abc"}'``; ``models`` also takes a comma list, ``PODIUM_MODELS=mnist-cnn,diabetes``) → the YAML file
+named by ``PODIUM_CONFIG`` (default ``podium.yaml`` in the working directory, if present) → the
+defaults below. An unknown key in the YAML file is an error; an unknown ``PODIUM_*`` variable is
+not a setting and is ignored (``PODIUM_CONFIG`` and ``PODIUM_SERVER_VERSION`` are such). Every
+field is documented in the README's serving section.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from models.artifacts import store_home
 from models.catalog import MODEL_NAMES
+
+ENV_PREFIX = "PODIUM_"
+CONFIG_FILE_ENV = "PODIUM_CONFIG"
+DEFAULT_CONFIG_FILE = "podium.yaml"
 
 DEFAULT_MAX_BATCH = {"diabetes": 1024, "mnist-fc": 256, "mnist-cnn": 256, "mnist-googlenet": 256,
                      "mnist-resnet": 256, "char-rnn": 64}
@@ -33,8 +52,14 @@ def _cores_but_one() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class ServeConfig(BaseModel):
-    model_config = {"extra": "forbid"}
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the setting and its value."""
+
+
+class ServeConfig(BaseSettings):
+    # extra="forbid" refuses unknown keys in the YAML file and in keyword arguments; the
+    # environment source only ever reads PODIUM_<field> for the fields below.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
@@ -44,7 +69,9 @@ class ServeConfig(BaseModel):
     intra_op_threads: int = Field(
         0, ge=0, description="runtime threads per model; 0 = auto: all cores but one, which the "
                              "event loop needs (1 on a 2-core machine)")
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    # NoDecode: the comma form below is parsed by _models_list, JSON too (pydantic-settings would
+    # refuse ``PODIUM_MODELS=a,b``, the form the README shows).
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(MODEL_NAMES))
     versions: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="model → pinned version, or a list of versions to load (first serves); "
@@ -139,6 +166,29 @@ class ServeConfig(BaseModel):
     max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
                                   description="request line plus headers; more gets 431")
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, value: Any) -> Any:
+        """A string is a JSON list or a comma list (``a,b``)."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list: {exc}") from None
+        return [name.strip() for name in value.split(",") if name.strip()]
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments > PODIUM_* variables > the YAML file > defaults; no .env or secrets
+        directory (a setting has these three homes only)."""
+        return init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls, yaml_file=config_file())
+
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one
         ONNX Runtime thread served single images 1.3-1.5x faster at c=16/64 than two
@@ -169,41 +219,89 @@ class ServeConfig(BaseModel):
         return [value] if isinstance(value, str) else list(value)
 
 
-class ConfigError(ValueError):
-    pass
+# The YAML file load_config(path) was given. pydantic-settings builds its sources in a classmethod
+# and offers no per-instance file (pydantic/pydantic-settings#259): a context variable carries it
+# there without a module-level mutable setting.
+_config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("podium_config_path",
+                                                                           default=None)
 
 
-def _env_overrides() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for field, info in ServeConfig.model_fields.items():
-        raw = os.environ.get(f"PODIUM_{field.upper()}")
-        if raw is None:
-            continue
-        annotation = str(info.annotation)
-        if any(k in annotation for k in ("dict", "list")):
-            try:
-                found[field] = json.loads(raw)
-            except json.JSONDecodeError:
-                found[field] = [s for s in raw.split(",") if s] if "list" in annotation else raw
+def config_file() -> Path:
+    """The YAML file read: load_config's ``path``, else ``PODIUM_CONFIG``, else ./podium.yaml."""
+    return _config_path.get() or Path(os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source (JSON for maps and lists), whose parse errors name
+    the variable and its value."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls, env_prefix=ENV_PREFIX)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            raise ConfigError(f"invalid Podium configuration: {_env_name(field_name)}={_clip(value)}: "
+                              f"not JSON ({exc})") from None
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source; a file that is not YAML or not a mapping is one line."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file_path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file_path}: expected a mapping of settings, got "
+                              f"{type(data).__name__}")
+        return data
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
+    """One line for every failed setting: its name, the value given, where it came from."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        field = loc[0] if loc else "?"
+        if field in overrides:
+            source = "argument"
+        elif _env_name(field) in os.environ:
+            source = _env_name(field)
         else:
-            found[field] = raw
-    return found
+            source = str(config_file())
+        message = ("unknown setting" if error["type"] == "extra_forbidden"
+                   else error["msg"].removeprefix("Value error, "))
+        parts.append(f"{'.'.join(loc)}={_clip(error['input'])} ({source}): {message}")
+    return "; ".join(parts)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
-    path = Path(path or os.environ.get("PODIUM_CONFIG", "podium.yaml"))
-    values: dict[str, Any] = {}
-    if path.is_file():
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        values.update(loaded)
-    values.update(_env_overrides())
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    """The configuration from ``overrides`` (``None`` values ignored), the environment, the YAML
+    file ``path`` (default: ``config_file()``) and the defaults; a bad setting → ConfigError."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    token = _config_path.set(Path(path) if path else None)
     try:
-        config = ServeConfig(**values)
+        config = ServeConfig(**given)
     except ValidationError as exc:
-        raise ConfigError(f"invalid Podium configuration: {exc}") from None
+        raise ConfigError(f"invalid Podium configuration: {_describe(exc, given)}") from None
+    except SettingsError as exc:
+        # The environment source wraps our ConfigError (it is a ValueError): unwrap it.
+        cause = exc.__cause__
+        raise ConfigError(str(cause) if isinstance(cause, ConfigError) else str(exc)) from None
+    finally:
+        _config_path.reset(token)
     unknown = [m for m in config.models if m not in MODEL_NAMES]
     if unknown:
         raise ConfigError(f"unknown models in configuration: {unknown}; known: {list(MODEL_NAMES)}")
@@ -212,4 +310,5 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
 
 @functools.cache
 def get_config() -> ServeConfig:
+    """The process's configuration, read once (the CLI's convenience; services take a config)."""
     return load_config()
