@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from models.catalog import DIABETES_FEATURES
+from models.textcodec import encode_text  # noqa: F401  (moved there, issue 14)
 from services import digits
 from services.errors import InvalidInput, PayloadTooLarge, clip
 
@@ -250,11 +251,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-
-def encode_text(text: str, index: dict[str, int]) -> tuple[np.ndarray, list[str]]:
-    """Character ids (unknown characters → id 0) and the distinct unknown characters seen."""
-    ids = np.fromiter((index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
-    unknown = sorted({c for c in text if c not in index})
-    return ids, unknown

@@ -3,33 +3,19 @@
 Every step of every concurrent generation goes through the same batcher: N clients generating
 at once become batches of N one-character steps, the recurrent state travelling with each
 request (it is an explicit input/output of the exported graph). The work of one request is
-bounded before it starts (``check_work``).
+bounded before it starts (``check_work``). Encoding and sampling are models/textcodec.py's, the
+code that also writes the training run's sample text.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from services.codecs import encode_text
+from models.textcodec import distribution, encode_text, sample_next
 from services.config import ServeConfig
 from services.dataplane import PLANE
 from services.errors import InvalidInput, PayloadTooLarge
 from services.repository import LoadedVersion
-
-
-def _distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
-    scores = logits.astype(np.float64)
-    scores[0] = -np.inf  # never emit the unknown-character id
-    if top_k is not None and top_k < len(scores):
-        cutoff = np.partition(scores, -top_k)[-top_k]
-        scores[scores < cutoff] = -np.inf
-    # Shift before dividing: every score is then <= 0, so however small the temperature the
-    # quotient is at worst -inf (probability 0, as intended), never +inf - +inf = NaN; the best
-    # stays at 0.
-    with np.errstate(over="ignore"):
-        scores = (scores - scores.max()) / temperature
-    probs = np.exp(scores)
-    return probs / probs.sum()
 
 
 def check_work(prompts: list[str], new_chars: int, config: ServeConfig) -> None:
@@ -74,7 +60,7 @@ async def generate(loaded: LoadedVersion, prompt: str, max_new_chars: int, tempe
     logits, state = await _step(loaded, ids[None], _initial_state(loaded))
     out = []
     for _ in range(max_new_chars):
-        nxt = int(rng.choice(len(logits), p=_distribution(logits, temperature, top_k)))
+        nxt = sample_next(logits, rng, temperature, top_k)
         out.append(loaded.vocab[nxt])
         logits, state = await _step(loaded, np.array([[nxt]], np.int64), state)
     return "".join(out), unknown
@@ -84,6 +70,6 @@ async def next_distribution(loaded: LoadedVersion, prompt: str, top_k: int,
                             temperature: float = 1.0) -> tuple[list[tuple[str, float]], list[str]]:
     ids, unknown = encode_text(prompt, loaded.index)
     logits, _ = await _step(loaded, ids[None], _initial_state(loaded))
-    probs = _distribution(logits, temperature, None)
+    probs = distribution(logits, temperature, None)
     order = np.argsort(-probs)[:top_k]
     return [(loaded.vocab[i], float(probs[i])) for i in order], unknown

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from models import textcodec
 from services import codecs, oip_codec, textgen
 from services.config import ServeConfig
 from services.errors import PayloadTooLarge, PodiumError, clip
@@ -254,13 +255,13 @@ def test_decompress_any_body(body: bytes, encoding: str, valid: bool) -> None:
        st.floats(min_value=5e-324, max_value=5.0), st.none() | st.integers(1, 70))
 def test_sampling_distribution_is_finite_for_any_temperature(logits: np.ndarray, temperature: float,
                                                              top_k: int | None) -> None:
-    probs = textgen._distribution(logits, temperature, top_k)
+    probs = textcodec.distribution(logits, temperature, top_k)
     assert np.isfinite(probs).all() and probs[0] == 0
     assert abs(probs.sum() - 1) < 1e-9
 
 
 def test_tiny_temperature_is_greedy() -> None:
-    probs = textgen._distribution(np.array([9.0, 50.0, 10.0, -5.0], np.float32), 1e-308, None)
+    probs = textcodec.distribution(np.array([9.0, 50.0, 10.0, -5.0], np.float32), 1e-308, None)
     assert probs.tolist() == [0.0, 1.0, 0.0, 0.0]
 
 

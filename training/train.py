@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from models import nets
+from models import nets, textcodec
 from models.artifacts import VOCAB_FILE
 from models.catalog import ModelSpec, Recipe, get_spec
 from training import data as datasets
@@ -316,7 +316,7 @@ class TextTask(Task):
         return {"architecture": self.arch}
 
     def encode(self, text: str) -> np.ndarray:
-        return np.fromiter((self.index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+        return textcodec.encode_text(text, self.index)[0]
 
     def train_step(self, step: int) -> tuple[float, float]:
         b, t = self.recipe.batch_size, self.seq_len
@@ -355,6 +355,8 @@ class TextTask(Task):
         return {"val_nats": nats, "val_bits_per_char": bits_per_char(nats)}
 
     def generate(self, prompt: str, n: int = 240, temperature: float = 0.8, seed: int = 0) -> str:
+        """``prompt`` and ``n`` characters drawn by the served sampler (models/textcodec.py), so
+        the run's sample text is what the service would generate with this seed."""
         rng = np.random.default_rng(seed)
         self.module.eval()
         out = prompt
@@ -362,10 +364,7 @@ class TextTask(Task):
             ids = torch.from_numpy(self.encode(prompt)).unsqueeze(0)
             logits, state = self.module(ids, self.module.initial_state(1))
             for _ in range(n):
-                scores = logits[0, -1].numpy().astype(np.float64) / temperature
-                probs = np.exp(scores - scores.max())
-                probs[0] = 0.0  # never emit <unk>
-                nxt = int(rng.choice(len(probs), p=probs / probs.sum()))
+                nxt = textcodec.sample_next(logits[0, -1].numpy(), rng, temperature)
                 out += self.chars[nxt]
                 logits, state = self.module(torch.tensor([[nxt]]), state)
         self.module.train()
