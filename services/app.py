@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.responses import Response
+
 from services.http import Exchange
 from services.kinds import Call
 
@@ -16,9 +18,11 @@ from services.kinds import Call
 def kind_endpoint(endpoint: str) -> Any:
     """The handler of ``/v1/models/{name}[/versions/{version}]/<endpoint>``: the answering
     version's kind decodes, runs and encodes."""
-    async def handler(ex: Exchange, name: str, version: str | None = None) -> dict[str, Any]:
+    async def handler(ex: Exchange, name: str, version: str | None = None) -> dict[str, Any] | Response:
         loaded = ex.select(name, version)
         content = await loaded.kind.handle(endpoint, Call(ex.plane, ex.request, loaded))
+        if isinstance(content, Response):  # e.g. an .npy answer (Accept: application/x-npy)
+            return content
         return {"model": name, "version": loaded.version, **content}
 
     handler.__name__ = endpoint

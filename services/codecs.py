@@ -163,6 +163,13 @@ def read_npy(body: bytes, max_items: int) -> np.ndarray:
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
+def encode_npy(array: np.ndarray) -> bytes:
+    """``array`` as an ``.npy`` file (version 1.0, no pickle)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
 def decode_npy(body: bytes, max_items: int, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     """An ``.npy`` body of images → a checked float32 [N, C, H, W] batch in [0, 1]."""
     return normalize_pixels(as_image_batch(read_npy(body, max_items), "body", max_items, shape), "body")

@@ -77,11 +77,15 @@ class Route:
         extra: dict[str, Any] = {"parameters": parameters}
         if self.serves != ALL:
             content: dict[str, Any] = {}
+            answers: dict[str, Any] = {}
             for kind in sorted(kinds):
                 for media, body in KINDS[kind].request_bodies(self.serves).items():
                     content.setdefault(media, body)  # the first kind's example per media type
+                answers.update(KINDS[kind].answers(self.serves))
             if content:
                 extra["requestBody"] = {"required": True, "content": content}
+            if answers:
+                extra["responses"] = {"200": {"description": "the answer", "content": answers}}
         return extra
 
 

@@ -183,6 +183,27 @@ def test_tensor_kind_oip_json_and_binary(client: TestClient) -> None:
     assert [i["data_type"] for i in config["input"]] == ["TYPE_FP32", "TYPE_INT64"]
 
 
+def test_accept_npy_answers_the_output_tensor(client: TestClient) -> None:
+    """``Accept: application/x-npy`` on /v1 predict: the kind's output tensor as .npy (issue 15)."""
+    accept = {"Accept": "application/x-npy"}
+    rows = {"rows": [[1] * 8, [2] * 8]}
+    as_json = client.post("/v1/models/diabetes/predict", json=rows).json()["predictions"]
+    r = client.post("/v1/models/diabetes/predict", json=rows, headers=accept)
+    assert r.headers["content-type"] == "application/x-npy" and r.headers[MODEL_HEADER] == "diabetes"
+    probability = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert probability.shape == (2, 1) and np.allclose(probability[:, 0], [p["probability"] for p in as_json])
+    images = {"instances": np.zeros((3, 784)).tolist(), "top_k": 10}
+    top = client.post("/v1/models/mnist-fc/predict", json=images).json()["predictions"][0]["top_k"]
+    answer = client.post("/v1/models/mnist-fc/predict", json=images, headers=accept)
+    probs = np.load(io.BytesIO(answer.content))
+    assert probs.shape == (3, 10) and np.isclose(probs[0].max(), top[0]["probability"])
+    body = {"inputs": {"x": [[1, 2, 3]], "k": [4]}}
+    m = client.post("/v1/models/two-io/predict?output=m", json=body, headers=accept)
+    assert np.load(io.BytesIO(m.content)).tolist() == [5]
+    unnamed = client.post("/v1/models/two-io/predict", json=body, headers=accept)
+    assert unnamed.status_code == 400 and "?output=" in unnamed.json()["error"]
+
+
 def test_tensor_kind_npy_needs_one_input(client: TestClient) -> None:
     r = client.post("/v1/models/two-io/predict", content=npy(np.zeros((1, 3), np.float32)),
                     headers={"Content-Type": "application/x-npy"})
@@ -264,6 +285,11 @@ def test_openapi_names_models_per_route_and_each_kinds_bodies(plane: DataPlane) 
     assert images["items"] == {"type": "string", "format": "binary"}
     generate = paths["/v1/models/{name}/generate"]["post"]["requestBody"]["content"]["application/json"]
     assert generate["example"]["prompt"]
+    def answers(path: str) -> dict[str, Any]:
+        return paths[path]["post"]["responses"]["200"]["content"]
+
+    assert "application/x-npy" in answers("/v1/models/{name}/predict")
+    assert "application/x-npy" not in answers("/v1/models/{name}/generate")
 
 
 def test_binary_oip_header_length_is_checked(client: TestClient) -> None:

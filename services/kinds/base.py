@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from starlette.requests import Request
+from starlette.responses import Response
 
 from models.catalog import ModelSpec
+from services import codecs
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, clip
 from services.http import media_type, parse_json, read_body
 
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
     from services.repository import LoadedVersion
 
 
-NPY_TYPES = {"application/x-npy", "application/npy", "application/octet-stream"}
+NPY = "application/x-npy"
+NPY_TYPES = {NPY, "application/npy", "application/octet-stream"}
 BINARY = {"schema": {"type": "string", "format": "binary"}}  # an OpenAPI binary body
 
 
@@ -49,6 +52,11 @@ class Call:
     plane: DataPlane
     request: Request
     loaded: LoadedVersion
+
+    @property
+    def wants_npy(self) -> bool:
+        """``Accept: application/x-npy``: the answer is the output tensor as ``.npy``."""
+        return NPY in self.request.headers.get("accept", "")
 
     async def body(self) -> bytes:
         return await read_body(self.request, self.plane.config.max_request_bytes)
@@ -106,7 +114,7 @@ class Kind:
         return feeds
 
     # -- /v1 ------------------------------------------------------------------------------------
-    async def handle(self, endpoint: str, call: Call) -> dict[str, Any]:
+    async def handle(self, endpoint: str, call: Call) -> dict[str, Any] | Response:
         """The ``/v1`` answer of ``endpoint`` (predict, generate, next): the kind's ``v1_<endpoint>``."""
         if endpoint not in self.endpoints:
             name = self.spec.name
@@ -128,10 +136,19 @@ class Kind:
         raise NotImplementedError
 
     # -- OpenAPI --------------------------------------------------------------------------------
+    # Whether /v1 predict answers ``Accept: application/x-npy`` with the output tensor as .npy.
+    npy_answers: ClassVar[bool] = True
+
     @classmethod
     def request_bodies(cls, endpoint: str) -> dict[str, dict[str, Any]]:
         """OpenAPI ``content`` (media type → media object) this kind accepts on ``endpoint``."""
         return {}
+
+    @classmethod
+    def answers(cls, endpoint: str) -> dict[str, dict[str, Any]]:
+        """OpenAPI ``content`` of this kind's 200 answer on ``endpoint``."""
+        json = {"application/json": {"schema": {"type": "object"}}}
+        return {**json, NPY: BINARY} if cls.npy_answers and endpoint == "predict" else json
 
 
 def check_items(n: int, what: str, limit: int) -> None:
@@ -148,6 +165,10 @@ def labels_bytes(labels: tuple[str, ...], index: np.ndarray) -> np.ndarray:
     out = np.empty(len(index), dtype=object)
     out[:] = [labels[i].encode() for i in index]
     return out
+
+
+def npy_response(array: np.ndarray) -> Response:
+    return Response(codecs.encode_npy(array), media_type=NPY)
 
 
 def unsupported(request: Request, accepted: str) -> UnsupportedMediaType:

@@ -26,6 +26,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
+from starlette.responses import Response
 
 from models.labels import labels_of
 from services import codecs, digits
@@ -39,6 +40,7 @@ from services.kinds.base import (
     Port,
     check_items,
     labels_bytes,
+    npy_response,
     unsupported,
 )
 from services.kinds.registry import register
@@ -167,12 +169,14 @@ class ImageClassifier(Kind):
         return scores.reshape(scores.shape[0], -1)
 
     # -- /v1 ------------------------------------------------------------------------------------
-    async def v1_predict(self, call: Call) -> dict[str, Any]:
+    async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
         images, top_k = await self._decode(call)
         request = call.request
         k = min(_top_k(top_k if top_k is not None else request.query_params.get("top_k"),
                        call.plane.config.top_k_default), self.classes)
         probs = codecs.softmax(await self._scores(call.plane, call.loaded, images))
+        if call.wants_npy:
+            return npy_response(probs.astype(np.float32, copy=False))
         order = np.argsort(-probs, axis=1)[:, :k]
         top = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, once
         labels, first = self.labels, "digit" if self.digits else "class"

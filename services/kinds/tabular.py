@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from starlette.responses import Response
 
 from models.labels import labels_of
 from services import codecs
 from services.errors import InvalidInput
-from services.kinds.base import Call, Kind, Port, check_items, labels_bytes
+from services.kinds.base import Call, Kind, Port, check_items, labels_bytes, npy_response
 from services.kinds.registry import register
 
 if TYPE_CHECKING:
@@ -41,13 +42,15 @@ class Tabular(Kind):
         (probability,) = await plane.infer(loaded, {self.spec.inputs[0].name: features})
         return probability.reshape(-1, 1)
 
-    async def v1_predict(self, call: Call) -> dict[str, Any]:
+    async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
         payload = await call.json_object("'rows'")
         if "rows" not in payload:
             raise InvalidInput("expected a JSON object with 'rows'", field="rows")
         rows = codecs.decode_rows(payload["rows"], call.plane.config.max_items_per_request,
                                   self.features)
         probability = await self._probability(call.plane, call.loaded, rows)
+        if call.wants_npy:
+            return npy_response(probability)
         labels = self.spec.labels
         return {"predictions": [{"probability": p, "label": labels[i]} for p, i in
                                 zip(probability[:, 0].tolist(), labels_of(probability).tolist(),

@@ -13,11 +13,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from starlette.responses import Response
 
 from services import codecs, oip_codec
 from services.errors import InvalidInput
 from services.http import media_type
-from services.kinds.base import BINARY, NPY_TYPES, Call, Kind, Port, check_items, unsupported
+from services.kinds.base import (
+    BINARY,
+    NPY_TYPES,
+    Call,
+    Kind,
+    Port,
+    check_items,
+    npy_response,
+    unsupported,
+)
 from services.kinds.registry import register
 
 if TYPE_CHECKING:
@@ -107,9 +117,20 @@ class Tensor(Kind):
         return {name: oip_codec.json_array(name, datatypes.get(name, "FP32"), value)
                 for name, value in values.items()}
 
-    async def v1_predict(self, call: Call) -> dict[str, Any]:
+    async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
         outputs = await self._run(call.plane, call.loaded, await self._decode(call))
+        if call.wants_npy:
+            return npy_response(outputs[self._npy_output(call)])
         return {"outputs": {name: array.tolist() for name, array in outputs.items()}}
+
+    def _npy_output(self, call: Call) -> str:
+        """The output an ``.npy`` answer holds: the only one, or ``?output=NAME``."""
+        names = [t.name for t in self.spec.outputs]
+        name = call.request.query_params.get("output", names[0] if len(names) == 1 else None)
+        if name not in names:
+            raise InvalidInput(f"an .npy answer holds one output: name it with ?output= (one of "
+                               f"{', '.join(names)})", field="output")
+        return name
 
     # -- /v2 ------------------------------------------------------------------------------------
     async def infer(self, plane: DataPlane, loaded: LoadedVersion, inputs: dict[str, np.ndarray],

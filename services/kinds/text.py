@@ -45,6 +45,7 @@ class TextGenerator(Kind):
     shadowed = False
     parameters = ("max_new_chars", "temperature", "top_k", "seed")
     batched = False  # char-rnn batches generation steps, not prompts
+    npy_answers = False
 
     def batch_axes(self) -> tuple[dict[str, int], list[int]]:
         return {"tokens": 0, "state": 1}, [0, 1]  # the GRU state is layers × batch × hidden
