@@ -18,6 +18,7 @@ from torch import nn
 
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
+from models.labels import labels_of
 
 MAX_ABS_DIFF = 1e-4  # on logits (or probabilities for diabetes), ONNX Runtime and TorchScript vs eager
 MIN_ARGMAX_AGREEMENT = 1.0  # classifiers: every test example must get the same label
@@ -119,12 +120,12 @@ def prove_parity(spec: ModelSpec, module: nn.Module, files: dict[str, Path],
             if chain_state:
                 state[name] = results[name][-1]
         ref = results["eager"]
-        ref_label = _labels(spec, ref[0])
+        ref_label = _labels(ref[0])
         total += ref_label.size
         for name in worst:
             for got, want in zip(results[name], ref, strict=True):
                 worst[name] = max(worst[name], float(np.abs(got - want).max()))
-            agree[name] += int((_labels(spec, results[name][0]) == ref_label).sum())
+            agree[name] += int((_labels(results[name][0]) == ref_label).sum())
     figures: dict[str, Any] = {"threshold_max_abs_diff": tolerance, "compared": total}
     failures = []
     for name in worst:
@@ -141,7 +142,6 @@ def prove_parity(spec: ModelSpec, module: nn.Module, files: dict[str, Path],
     return figures
 
 
-def _labels(spec: ModelSpec, output: np.ndarray) -> np.ndarray:
-    if spec.kind == "tabular":
-        return (output.reshape(-1) >= 0.5).astype(np.int64)
-    return output.argmax(axis=-1)
+def _labels(output: np.ndarray) -> np.ndarray:
+    """The label of every item (every time step of a sequence): the serving label rule."""
+    return labels_of(output.reshape(-1, output.shape[-1]))
