@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.catalog import MODEL_NAMES
-from services.config import DEFAULT_MAX_BATCH, ConfigError, ServeConfig, config_file, load_config
+from services.config import ConfigError, ServeConfig, config_file, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def test_defaults_without_file_or_environment() -> None:
     config = load_config()
     assert (config.host, config.port, config.workers) == ("127.0.0.1", 3000, 1)
     assert config.models == list(MODEL_NAMES)
-    assert config.max_batch_size == DEFAULT_MAX_BATCH and config.versions == {}
+    assert config.max_batch_size == {} and config.versions == {}  # kinds give the defaults
     assert config.admin_token is None and config.batching is True
 
 
@@ -78,8 +78,8 @@ def test_maps_from_the_environment_are_json(monkeypatch: pytest.MonkeyPatch) -> 
     config = load_config()
     assert config.pinned("diabetes") == ["abc"] and config.pinned("mnist-cnn") == ["v2", "v1"]
     assert config.pinned("char-rnn") == []
-    assert config.max_batch("diabetes") == 7
-    assert config.max_batch("mnist-cnn") == DEFAULT_MAX_BATCH["mnist-cnn"]  # not in the map
+    assert config.max_batch("diabetes", "cpu", 1024) == 7
+    assert config.max_batch("mnist-cnn", "cpu", 256) == 256  # not in the map: the kind's default
 
 
 def test_scalars_and_literals_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
