@@ -35,10 +35,6 @@ from pydantic_settings import (
 from models.artifacts import store_home
 from models.catalog import MODEL_NAMES
 
-ENV_PREFIX = "PODIUM_"
-CONFIG_FILE_ENV = "PODIUM_CONFIG"
-DEFAULT_CONFIG_FILE = "podium.yaml"
-
 DEFAULT_MAX_BATCH = {"diabetes": 1024, "mnist-fc": 256, "mnist-cnn": 256, "mnist-googlenet": 256,
                      "mnist-resnet": 256, "char-rnn": 64}
 # Issue 13: a GPU only pays off on big batches (kernel launch and copies dominate small ones), and
@@ -52,8 +48,9 @@ def _cores_but_one() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is one line naming the setting and its value."""
+ENV_PREFIX = "PODIUM_"
+CONFIG_FILE_ENV = "PODIUM_CONFIG"
+DEFAULT_CONFIG_FILE = "podium.yaml"
 
 
 class ServeConfig(BaseSettings):
@@ -217,6 +214,10 @@ class ServeConfig(BaseSettings):
         if value is None:
             return []
         return [value] if isinstance(value, str) else list(value)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the setting and its value."""
 
 
 # The YAML file load_config(path) was given. pydantic-settings builds its sources in a classmethod
