@@ -35,18 +35,15 @@ from pydantic_settings import (
 from models.artifacts import store_home
 from models.catalog import MODEL_NAMES, default_models, imported_names
 
-ENV_PREFIX = "PODIUM_"
-CONFIG_FILE_ENV = "PODIUM_CONFIG"
-DEFAULT_CONFIG_FILE = "podium.yaml"
-
 
 def _cores_but_one() -> int:
     """The event loop keeps a core: the default for threads that compute beside it."""
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is one line naming the setting and its value."""
+ENV_PREFIX = "PODIUM_"
+CONFIG_FILE_ENV = "PODIUM_CONFIG"
+DEFAULT_CONFIG_FILE = "podium.yaml"
 
 
 class ServeConfig(BaseSettings):
@@ -213,6 +210,10 @@ class ServeConfig(BaseSettings):
         if value is None:
             return []
         return [value] if isinstance(value, str) else list(value)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the setting and its value."""
 
 
 # The YAML file load_config(path) was given. pydantic-settings builds its sources in a classmethod

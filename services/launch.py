@@ -107,16 +107,19 @@ class Server:
 
 @contextmanager
 def serve(store: Path, log_dir: Path, env: dict[str, str] | None = None,
-          ready_timeout: float = 120) -> Iterator[Server]:
-    """A running server over ``store``; PODIUM_* settings come through ``env``."""
+          ready_timeout: float = 120, command: list[str] | None = None) -> Iterator[Server]:
+    """A running server over ``store``; PODIUM_* settings come through ``env``. ``command`` is
+    what starts it, given ``--host`` and ``--port`` (default ``bentoml serve``; the tests of
+    ``podium serve``'s signal handling pass that)."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     full_env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
                 "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    cmd = [*(command or [BENTOML, "serve", "services.service:Podium"]),
+           "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as fh:
-        proc = subprocess.Popen([BENTOML, "serve", "services.service:Podium", "--host",
-                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=full_env,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", port, proc, log)
     try:
         deadline = time.monotonic() + ready_timeout

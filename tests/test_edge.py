@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import re
 import selectors
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -128,11 +127,9 @@ def edge_server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory):
     env = {"PODIUM_MODELS": "diabetes,mnist-cnn",
            "PODIUM_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
            "PODIUM_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
-    # Its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory under it at start,
-    # which would wipe the metrics of the session's server running over tiny_store.
-    home = tmp_path_factory.mktemp("edge-home")
-    shutil.copytree(tiny_store / "models", home / "models")
-    with serve(home, tmp_path_factory.mktemp("edge-logs"), env=env) as running:
+    # tiny_store itself: it only reads the store, and its Prometheus directory is its own (one
+    # per port, services/service.py), so the session server's metrics are left alone.
+    with serve(tiny_store, tmp_path_factory.mktemp("edge-logs"), env=env) as running:
         yield running
 
 

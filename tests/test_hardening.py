@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,11 +39,9 @@ HEALTH_BOUND_S = 1.0
 
 @pytest.fixture(scope="module")
 def hserver(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # Its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory of the home it starts
-    # in, which would blank the session server's /metrics.
-    store = tmp_path_factory.mktemp("hardening-home")
-    shutil.copytree(tiny_store / "models", store / "models")
-    with serve(store, tmp_path_factory.mktemp("hardening-logs"),
+    # tiny_store itself: it only reads the store, and its Prometheus directory is its own (one
+    # per port, services/service.py), so the session server's /metrics is left alone.
+    with serve(tiny_store, tmp_path_factory.mktemp("hardening-logs"),
                env={"PODIUM_MODELS": ",".join(MODELS)}) as running:
         running.start_rss = _worker_rss(running)  # type: ignore[attr-defined]
         yield running

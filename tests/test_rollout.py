@@ -5,7 +5,6 @@ candidate, refusal of a corrupted one, the admin token, the CLI, several workers
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from models.artifacts import sha256_file
 from services.launch import serve
 from services.rollout import FileStore, Limits, compare, sticky_fraction
-from tests.conftest import ROOT, TINY, run_podium
+from tests.conftest import ROOT
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,65 +26,16 @@ ROW = {"rows": [[6, 148, 72, 35, 0, 33.6, 0.627, 50], [1, 85, 66, 29, 0, 26.6, 0
 PREDICT = "/v1/models/diabetes/predict"
 
 
-# -- a store with two real versions of diabetes and two broken copies ------------------------
-def clone_version(home: Path, source: str, version: str, onnx: bytes,
-                  keep_checksum: bool = False) -> str:
-    """Copy ``diabetes:source`` as ``diabetes:version`` with a new model.onnx; its recorded
-    checksum is updated (a well-formed but different model) unless ``keep_checksum``."""
-    folder = home / "models" / "diabetes"
-    shutil.copytree(folder / source, folder / version)
-    target = folder / version / "model.onnx"
-    old = sha256_file(target)
-    target.write_bytes(onnx)
-    text = (folder / version / "model.yaml").read_text()
-    text = text.replace(f"version: {source}", f"version: {version}", 1)
-    if not keep_checksum:
-        text = text.replace(old, sha256_file(target))
-    (folder / version / "model.yaml").write_text(text)
-    return version
-
-
-def inverted(onnx_path: Path) -> bytes:
-    """The same graph answering 1 − p: a candidate whose every label is wrong."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(onnx_path)
-    out = model.graph.output[0].name
-    for node in model.graph.node:
-        node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
-    model.graph.initializer.append(helper.make_tensor("podium_one", TensorProto.FLOAT, [], [1.0]))
-    model.graph.node.append(helper.make_node("Sub", ["podium_one", f"{out}_raw"], [out]))
-    return model.SerializeToString()
-
-
-@pytest.fixture(scope="module")
-def versions(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    home = tmp_path_factory.mktemp("rollout-home")
-    shutil.copytree(tiny_store / "models" / "diabetes", home / "models" / "diabetes")
-    (v1,) = [p.name for p in (home / "models" / "diabetes").iterdir() if p.name != "latest"]
-    run_podium("train", "diabetes", *TINY, "--seed", "1", store=home,
-               runs_dir=tmp_path_factory.mktemp("rollout-runs"))
-    (v2,) = [p.name for p in (home / "models" / "diabetes").iterdir()
-             if p.name not in ("latest", v1)]
-    onnx = home / "models" / "diabetes" / v1 / "model.onnx"
-    broken = bytearray(onnx.read_bytes())
-    broken[len(broken) // 2] ^= 0xFF
-    return {"home": home, "v1": v1, "v2": v2,
-            "corrupt": clone_version(home, v1, "corrupt0001", bytes(broken), keep_checksum=True),
-            "wrong": clone_version(home, v1, "wrong0001", inverted(onnx))}
-
-
-def env_for(versions: dict[str, Any], state: Path, **extra: str) -> dict[str, str]:
-    return {"PODIUM_MODELS": '["diabetes"]', "PODIUM_VERSIONS": f'{{"diabetes": "{versions["v1"]}"}}',
+def env_for(rollout_versions: dict[str, Any], state: Path, **extra: str) -> dict[str, str]:
+    return {"PODIUM_MODELS": '["diabetes"]', "PODIUM_VERSIONS": f'{{"diabetes": "{rollout_versions["v1"]}"}}',
             "PODIUM_ROLLOUT_STATE": str(state), "PODIUM_ROLLOUT_POLL_MS": "50",
             "PODIUM_INTRA_OP_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="module")
-def server(versions: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
+def server(rollout_versions: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("rollout-logs")
-    with serve(versions["home"], logs, env_for(versions, logs / "state.json",
+    with serve(rollout_versions["home"], logs, env_for(rollout_versions, logs / "state.json",
                                               PODIUM_ADMIN_TOKEN=TOKEN)) as running:
         yield running
 
@@ -235,26 +184,26 @@ def test_admin_requires_the_token(client: httpx.Client) -> None:
     assert client.get("/admin/rollout", headers=AUTH).status_code == 200
 
 
-def test_admin_validates_input(client: httpx.Client, versions: dict[str, Any]) -> None:
+def test_admin_validates_input(client: httpx.Client, rollout_versions: dict[str, Any]) -> None:
     r = client.post("/admin/rollout/mnist-cnn/start", json={"version": "x"}, headers=AUTH)
     assert r.status_code == 404 and "not served" in r.json()["error"]
     assert admin(client, "start", {"version": "nosuchversion"}, 404)["error"]
-    assert admin(client, "start", {"version": versions["v2"], "mode": "blue"}, 400)["field"] == "mode"
-    assert admin(client, "start", {"version": versions["v2"], "percent": 150}, 400)
-    assert admin(client, "start", {"version": versions["v2"], "limits": {"max_error_rate": 3}}, 400)
-    assert admin(client, "start", {"version": versions["v1"]}, 409)["error"].endswith(
+    assert admin(client, "start", {"version": rollout_versions["v2"], "mode": "blue"}, 400)["field"] == "mode"
+    assert admin(client, "start", {"version": rollout_versions["v2"], "percent": 150}, 400)
+    assert admin(client, "start", {"version": rollout_versions["v2"], "limits": {"max_error_rate": 3}}, 400)
+    assert admin(client, "start", {"version": rollout_versions["v1"]}, 409)["error"].endswith(
         "already the stable version")
     assert "no rollout" in admin(client, "promote", None, 409)["error"]
-    refused = admin(client, "start", {"version": versions["corrupt"]}, 422)["error"]
-    assert "checksum" in refused and f"{versions['v1']} keeps serving" in refused
+    refused = admin(client, "start", {"version": rollout_versions["corrupt"]}, 422)["error"]
+    assert "checksum" in refused and f"{rollout_versions['v1']} keeps serving" in refused
     r = client.post(PREDICT, json=ROW)
-    assert r.status_code == 200 and r.headers["podium-model-version"] == versions["v1"]
+    assert r.status_code == 200 and r.headers["podium-model-version"] == rollout_versions["v1"]
     assert rollout_status(client)["candidate"] is None
 
 
-def test_latest_prefix_and_unknown_versions(client: httpx.Client, versions: dict[str, Any],
+def test_latest_prefix_and_unknown_versions(client: httpx.Client, rollout_versions: dict[str, Any],
                                             server) -> None:
-    v1, v2 = versions["v1"], versions["v2"]
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     started = admin(client, "start", {"version": v2[:5], "percent": 0})  # a unique prefix
     assert started["event"]["candidate"] == v2 and started["status"]["candidate"] == v2
     admin(client, "rollback")
@@ -284,8 +233,8 @@ def test_latest_prefix_and_unknown_versions(client: httpx.Client, versions: dict
 
 
 def test_canary_promote_rollback_under_load(server, client: httpx.Client,
-                                            versions: dict[str, Any]) -> None:
-    v1, v2 = versions["v1"], versions["v2"]
+                                            rollout_versions: dict[str, Any]) -> None:
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     timeline = Timeline({v1}, settle=0.05)
     with Load(server.url) as load:
         load.wait(100, 0)
@@ -325,8 +274,8 @@ def test_canary_promote_rollback_under_load(server, client: httpx.Client,
     assert f'version="{v2}"' in metrics and f'version="{v1}"' in metrics
 
 
-def test_shadow_records_agreement(client: httpx.Client, versions: dict[str, Any]) -> None:
-    v1, v2 = versions["v1"], versions["v2"]
+def test_shadow_records_agreement(client: httpx.Client, rollout_versions: dict[str, Any]) -> None:
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     admin(client, "start", {"version": v2, "mode": "shadow"})
     for _ in range(60):
         r = client.post(PREDICT, json=ROW)
@@ -339,9 +288,9 @@ def test_shadow_records_agreement(client: httpx.Client, versions: dict[str, Any]
     admin(client, "rollback")
 
 
-def test_wrong_candidate_rolls_back_by_itself(client: httpx.Client, versions: dict[str, Any],
+def test_wrong_candidate_rolls_back_by_itself(client: httpx.Client, rollout_versions: dict[str, Any],
                                                server) -> None:
-    v1, wrong = versions["v1"], versions["wrong"]
+    v1, wrong = rollout_versions["v1"], rollout_versions["wrong"]
     admin(client, "start", {"version": wrong, "mode": "shadow",
                             "limits": {"min_agreement": 0.9, "min_requests": 20}})
     for _ in range(40):
@@ -354,8 +303,8 @@ def test_wrong_candidate_rolls_back_by_itself(client: httpx.Client, versions: di
     assert "automatic" in server.logs()
 
 
-def test_slow_canary_rolls_back_by_itself(client: httpx.Client, versions: dict[str, Any]) -> None:
-    v1, v2 = versions["v1"], versions["v2"]
+def test_slow_canary_rolls_back_by_itself(client: httpx.Client, rollout_versions: dict[str, Any]) -> None:
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     admin(client, "start", {"version": v2, "percent": 50,
                             "limits": {"max_p99_ms": 0.001, "min_requests": 10}})
     failures = [r.text for r in (client.post(PREDICT, json=ROW) for _ in range(100))
@@ -369,31 +318,32 @@ def test_slow_canary_rolls_back_by_itself(client: httpx.Client, versions: dict[s
             for _ in range(20)} == {v1}
 
 
-def test_cli(server, versions: dict[str, Any]) -> None:
+def test_cli(server, rollout_versions: dict[str, Any]) -> None:
     def cli(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "podium.rollout_cli", "--url", server.url,
                                "--token", token, *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
 
-    start = cli("start", "diabetes", versions["v2"][:6], "--percent", "5", "--wait")
+    start = cli("start", "diabetes", rollout_versions["v2"][:6], "--percent", "5", "--wait")
     assert start.returncode == 0 and "canary 5%" in start.stdout, start.stderr
-    assert "applied by 1 worker(s)" in start.stdout and versions["v2"] in start.stdout  # prefix resolved
+    # the version prefix resolved
+    assert "applied by 1 worker(s)" in start.stdout and rollout_versions["v2"] in start.stdout
     status = cli("status", "diabetes")
-    assert status.returncode == 0 and versions["v2"] in status.stdout and "candidate" in status.stdout
+    assert status.returncode == 0 and rollout_versions["v2"] in status.stdout and "candidate" in status.stdout
     assert "revision" in status.stdout and "worker" in status.stdout
     analysis = cli("analysis", "diabetes")
     assert analysis.returncode == 0 and "pending" in analysis.stdout, analysis.stdout
     rollback = cli("rollback", "diabetes", "--reason", "cli test")
-    assert rollback.returncode == 0 and "stable " + versions["v1"] in rollback.stdout
+    assert rollback.returncode == 0 and "stable " + rollout_versions["v1"] in rollback.stdout
     bad = cli("status", token="wrong")
     assert bad.returncode == 1 and "403" in bad.stderr
 
 
 def test_two_workers_follow_promote_and_state_survives_restart(
-        versions: dict[str, Any], tmp_path: Path) -> None:
-    v1, v2 = versions["v1"], versions["v2"]
+        rollout_versions: dict[str, Any], tmp_path: Path) -> None:
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     state = tmp_path / "state.json"
-    with serve(versions["home"], tmp_path, env_for(versions, state, PODIUM_WORKERS="2",
+    with serve(rollout_versions["home"], tmp_path, env_for(rollout_versions, state, PODIUM_WORKERS="2",
                                                    PODIUM_ADMIN_TOKEN=TOKEN)) as running, \
             running.client() as c:
         # every worker writes a heartbeat: wait until both are seen
@@ -413,7 +363,7 @@ def test_two_workers_follow_promote_and_state_survives_restart(
         assert timeline.illegitimate(load.results) == []
         assert {v for s, _, v in load.results if s > settled} == {v2}
     # a restart serves the promoted version; without a token the admin API is off
-    with serve(versions["home"], tmp_path, env_for(versions, state)) as again, \
+    with serve(rollout_versions["home"], tmp_path, env_for(rollout_versions, state)) as again, \
             again.client() as c:
         assert c.post(PREDICT, json=ROW).headers["podium-model-version"] == v2
         r = c.get("/admin/rollout", headers=AUTH)

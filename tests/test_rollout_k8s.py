@@ -1,6 +1,8 @@
-"""The Kubernetes manifests, offline: ``kubectl kustomize deploy/k8s`` renders, every object
-validates against the Kubernetes schemas (kubernetes-validate, strict), and the Deployment is
-wired to the Redis rollout store (a StatefulSet keeping its append-only file on a volume)."""
+"""The Kubernetes manifests, offline: ``kubectl kustomize deploy/k8s`` renders, every object (and
+the GPU Deployment applied on top) validates against the Kubernetes schemas of every version in
+K8S_VERSIONS (kubernetes-validate, strict) — the one place the tests validate manifests — and the
+Deployment is wired to the Redis rollout store (a StatefulSet keeping its append-only file on a
+volume)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-K8S_VERSION = "1.32.0"
+# The oldest and newest Kubernetes minor versions the manifests are checked against.
+K8S_VERSIONS = ("1.30.0", "1.32.0")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +31,10 @@ def rendered() -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def test_every_object_is_valid(rendered: list[dict]) -> None:
-    for doc in rendered:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_is_valid(rendered: list[dict], version: str) -> None:
+    for doc in [*rendered, gpu_deployment()]:
+        kubernetes_validate.validate(doc, version, strict=True)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered}
     assert {("StatefulSet", "podium-redis"), ("Service", "podium-redis"),
             ("Secret", "podium-redis"), ("Deployment", "podium")} <= kinds
@@ -51,10 +55,14 @@ def test_redis_keeps_its_append_only_file_on_a_volume(rendered: list[dict]) -> N
     assert not services["podium"]["spec"]["selector"].items() <= labels.items()  # no HTTP to Redis
 
 
+def gpu_deployment() -> dict:
+    """The GPU variant of the Deployment, applied on top (not in the kustomization)."""
+    return yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment-gpu.yaml").read_text())
+
+
 def podium_containers(rendered: list[dict]) -> list[dict]:
     """The serving containers: the CPU Deployment, and the GPU variant applied on top."""
-    gpu = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment-gpu.yaml").read_text())
-    return [c for d in [*rendered, gpu] if d["kind"] == "Deployment"
+    return [c for d in [*rendered, gpu_deployment()] if d["kind"] == "Deployment"
             for c in d["spec"]["template"]["spec"]["containers"]]
 
 

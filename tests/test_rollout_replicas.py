@@ -26,29 +26,19 @@ from services.config import load_config
 from services.launch import process_tree, serve
 from services.repository import Repository
 from services.rollout import RedisStore, Rollout
-from tests import test_rollout
 from tests.conftest import ROOT
 from tests.redis_server import RedisServer
 from tests.test_rollout import AUTH, PREDICT, ROW, TOKEN, wait_for
-
-versions = test_rollout.versions  # the same two trained versions, built for this module too
 
 DEPLOYMENT = "blue"
 GRACE_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def clones(versions: dict[str, Any], tiny_store: Path) -> list[str]:
+def clones(rollout_versions: dict[str, Any], tiny_store: Path) -> list[str]:
     """mnist-fc (a few MB per loaded version) and 20 more versions of it: copies under new names,
     for promote cycles whose memory would grow with every version if none were unloaded."""
-    folder = versions["home"] / "models" / "mnist-fc"
+    folder = rollout_versions["home"] / "models" / "mnist-fc"
     shutil.copytree(tiny_store / "models" / "mnist-fc", folder)
     original = (folder / "latest").read_text().strip()
     names = [f"clone{i:04d}" for i in range(20)]
@@ -60,15 +50,15 @@ def clones(versions: dict[str, Any], tiny_store: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def replicas(versions: dict[str, Any], clones: list[str], redis: RedisServer,
+def replicas(rollout_versions: dict[str, Any], clones: list[str], redis: RedisServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     env = {"PODIUM_MODELS": '["diabetes", "mnist-fc"]',
-           "PODIUM_VERSIONS": f'{{"diabetes": "{versions["v1"]}"}}',
+           "PODIUM_VERSIONS": f'{{"diabetes": "{rollout_versions["v1"]}"}}',
            "PODIUM_ROLLOUT_STORE": redis.url, "PODIUM_DEPLOYMENT": DEPLOYMENT,
            "PODIUM_ROLLOUT_STORE_GRACE_S": str(GRACE_S), "PODIUM_ADMIN_TOKEN": TOKEN,
            "PODIUM_INTRA_OP_THREADS": "1", "PODIUM_MAX_LATENCY_MS": "1000"}
     logs = tmp_path_factory.mktemp("replica-logs")
-    with serve(versions["home"], logs, env) as a, serve(versions["home"], logs, env) as b:
+    with serve(rollout_versions["home"], logs, env) as a, serve(rollout_versions["home"], logs, env) as b:
         yield a, b
 
 
@@ -112,10 +102,10 @@ def test_unreachable_store_is_not_ready(redis: RedisServer) -> None:
     assert not down.ready.is_set() and up.ready.is_set()
 
 
-def test_start_on_a_routes_on_b_within_a_second(clients, versions: dict[str, Any],
+def test_start_on_a_routes_on_b_within_a_second(clients, rollout_versions: dict[str, Any],
                                                 redis: RedisServer) -> None:
     ca, cb = clients
-    v1, v2 = versions["v1"], versions["v2"]
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     assert version_of(cb, **{"Podium-Pin": "candidate"}) == v1  # no rollout: pins mean stable
     admin(ca, "start", {"version": v2, "percent": 0})
     returned = time.monotonic()
@@ -131,9 +121,9 @@ def test_start_on_a_routes_on_b_within_a_second(clients, versions: dict[str, Any
     wait_for(lambda: version_of(ca, **{"Podium-Pin": "candidate"}) == v1, timeout=5)
 
 
-def test_verdict_sums_every_replica(clients, versions: dict[str, Any]) -> None:
+def test_verdict_sums_every_replica(clients, rollout_versions: dict[str, Any]) -> None:
     ca, cb = clients
-    v1, v2 = versions["v1"], versions["v2"]
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     # every candidate request is "slow"; 30 are needed and no replica gets more than 20
     admin(ca, "start", {"version": v2, "percent": 100,
                         "limits": {"min_requests": 30, "max_p99_ms": 0.001, "max_error_rate": 0}})
@@ -160,9 +150,9 @@ def test_verdict_sums_every_replica(clients, versions: dict[str, Any]) -> None:
     wait_for(lambda: version_of(cb) == v1 and version_of(ca) == v1, timeout=5)
 
 
-def test_redis_outage_and_restart(clients, versions: dict[str, Any], redis: RedisServer) -> None:
+def test_redis_outage_and_restart(clients, rollout_versions: dict[str, Any], redis: RedisServer) -> None:
     ca, cb = clients
-    v1, v2 = versions["v1"], versions["v2"]
+    v1, v2 = rollout_versions["v1"], rollout_versions["v2"]
     admin(ca, "start", {"version": v2, "percent": 50, "limits": {"max_p99_ms": 0}})
     wait_for(lambda: version_of(cb, **{"Podium-Pin": "candidate"}) == v2, timeout=5)
     redis.stop()
@@ -220,14 +210,14 @@ def test_unloading_keeps_memory_flat_over_20_cycles(replicas, clients, clones: l
     assert max(a - b for a, b in zip(after, before, strict=True)) < 30, (before, after)
 
 
-def test_locust_rollout_against_two_replicas(replicas, versions: dict[str, Any],
+def test_locust_rollout_against_two_replicas(replicas, rollout_versions: dict[str, Any],
                                              tmp_path: Path) -> None:
     a, b = replicas
     env = {**os.environ, "PODIUM_ADMIN_TOKEN": TOKEN}
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", "loadtests/rollout_locust.py", "--headless",
          "-u", "5", "-r", "5", "--host", a.url, "--replicas", f"{a.url},{b.url}",
-         "--candidate", versions["v2"], "--phase-s", "2", "--settle-s", "1", "--only-summary"],
+         "--candidate", rollout_versions["v2"], "--phase-s", "2", "--settle-s", "1", "--only-summary"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     verdict = [line for line in proc.stdout.splitlines() if line.startswith("rollout under load")]
     print("\n" + "\n".join(verdict))

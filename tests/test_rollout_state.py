@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from services.rollout.store import FileStore, RedisStore, StoreUnavailable, open
 from tests.redis_server import RedisServer
 
 LIMITS = Limits(window_s=60, min_requests=30, max_error_rate=0.05, max_p99_ms=100, min_agreement=0.9)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 # -- transitions --------------------------------------------------------------------------------
@@ -126,8 +118,8 @@ def test_file_store_contract(tmp_path: Path) -> None:
     exercise(lambda dep: FileStore(tmp_path / f"{dep}.json"))
 
 
-def test_redis_store_contract(redis_url: str) -> None:
-    exercise(lambda dep: RedisStore(redis_url, dep, timeout_s=1))
+def test_redis_store_contract(redis: RedisServer) -> None:  # the session's redis-server (conftest)
+    exercise(lambda dep: RedisStore(redis.url, dep, timeout_s=1))
 
 
 def test_redis_unreachable_is_503_naming_the_store() -> None:

@@ -29,7 +29,8 @@ def draw(temperature: float, top_k: int | None, seed: int) -> str:
     return "".join(VOCAB[textcodec.sample_next(row, rng, temperature, top_k)] for row in LOGITS)
 
 
-@pytest.mark.parametrize(("settings", "expected"), GOLDEN.items())
+@pytest.mark.parametrize(("settings", "expected"), GOLDEN.items(),
+                         ids=[f"T{t:g}-top{k}-seed{seed}" for t, k, seed in GOLDEN])
 def test_same_characters_as_the_served_sampler_before(settings: tuple, expected: str) -> None:
     assert draw(*settings) == expected
 
