@@ -215,12 +215,11 @@ def _add_import_parser(sub: Any) -> None:
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from training.importer import ImportRefused, ImportRequest, import_model
     from training.register import StoreError, use_store
 
     try:
         use_store(args.store)
-        from training.importer import ImportRefused, ImportRequest, import_model
-
         request = ImportRequest(
             path=Path(args.path), name=args.name, kind=args.kind,
             labels_file=Path(args.labels) if args.labels else None,

@@ -2,7 +2,8 @@
 
 The exported module is the *serving* module: preprocessing inside, the signature of the catalog.
 Parity runs on held-out data (the whole test set for classifiers); a run that fails it is not
-registered.
+registered. torch is imported inside the functions that use it: `podium import model.onnx` uses
+the ONNX Runtime parts only and starts seconds sooner without it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MAX_ABS_DIFF = 1e-4  # on logits (or probabilities for diabetes), ONNX Runtime and TorchScript vs eager
 MIN_ARGMAX_AGREEMENT = 1.0  # classifiers: every test example must get the same label
@@ -54,6 +57,8 @@ def write_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
     ScriptModules and keeps recurrent ops whole); without, the dynamo exporter with a dynamic
     batch on axis 0 of the one input.
     """
+    import torch
+
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -94,11 +99,15 @@ def deliberate_torchscript() -> Iterator[None]:
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    import torch
+
     with deliberate_torchscript():
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
+    import torch
+
     module.eval()
     with torch.no_grad(), deliberate_torchscript():
         scripted = torch.jit.trace(module, example, check_trace=False)
@@ -119,6 +128,8 @@ LabelRule = Callable[[np.ndarray], np.ndarray]
 
 def torch_runner(fn: Callable[..., Any]) -> Runner:
     """Run a torch module (eager or TorchScript) on NumPy arrays; a tuple output becomes a list."""
+    import torch
+
     def run(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         with torch.no_grad():
             out = fn(*(torch.from_numpy(a) for a in arrays))
