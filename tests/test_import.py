@@ -81,6 +81,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 [helper.make_tensor("axes", i64, [1], [1])])
     _graph_file(d / "log.onnx", [helper.make_node("Log", ["x"], ["y"])],
                 [_tensor("x", f32, ["n", 3])], [_tensor("y", f32, ["n", 3])])
+    _graph_file(d / "words.onnx", [helper.make_node("Identity", ["text"], ["same"])],
+                [_tensor("text", TensorProto.STRING, ["n"])], [_tensor("same", TensorProto.STRING, ["n"])])
+    _graph_file(d / "constant.onnx", [helper.make_node("Constant", [], ["y"], value=helper.make_tensor(
+        "c", f32, [1], [1.0]))], [], [_tensor("y", f32, [1])])
     _graph_file(d / "collapse.onnx", [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)],
                 [_tensor("x", f32, [2, 3])], [_tensor("y", f32, [1, 1])])
     (d / "garbage.onnx").write_bytes(b"\xff\xfe this is not a model \x00\x01" * 64)
@@ -242,6 +246,8 @@ def test_tabular_only_when_stated(tmp_path: Path, files: dict[str, Path]) -> Non
     ("cnn.pt", {}, "needs one --example-input .npy per forward argument"),
     ("collapse.onnx", {"batch_axes": {"x": 0, "y": 0}}, "its axis 0 does not follow the batch"),
     ("log.onnx", {}, "output 'y' is not finite"),
+    ("constant.onnx", {}, "the graph has no inputs"),
+    ("words.onnx", {}, "input 'text' has element type STRING; supported: bool, float16"),
     ("cnn.onnx", {"examples": ("noisy-x.npy",)}, "--example-input for 'pixels' is float32[2, 4]"),
     ("missing.onnx", {}, "No such file"),
 ])

@@ -137,14 +137,13 @@ def torch_runner(fn: Callable[..., Any]) -> Runner:
     return run
 
 
-def onnx_runner(model: Path | bytes, inputs: list[str]) -> Runner:
+def onnx_runner(path: Path, inputs: list[str]) -> Runner:
     """Run an ONNX graph in ONNX Runtime on the CPU, feeding ``inputs`` in order."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda arrays: session.run(None, dict(zip(inputs, arrays, strict=True)))
 
 

@@ -229,6 +229,8 @@ def _inspect(data: bytes, flags: dict[str, int]) -> _Graph:
                             "file (torch.onnx.export(..., external_data=False))")
     initialisers = {t.name for t in model.graph.initializer}
     graph_inputs = [v for v in model.graph.input if v.name not in initialisers]
+    if not graph_inputs:
+        raise ImportRefused("the graph has no inputs: there is nothing to serve")
     inputs = [_tensor_spec(v, "input") for v in graph_inputs]
     outputs = [_tensor_spec(v, "output") for v in model.graph.output]
     axes = _batch_axes(inputs, outputs, flags)
@@ -252,10 +254,11 @@ def _tensor_spec(value: Any, role: str) -> TensorSpec:
     tensor = value.type.tensor_type
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-    except (KeyError, TypeError, ValueError):
-        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+    except (KeyError, TypeError, ValueError):  # element types NumPy has no dtype for
+        dtype = ""
     if dtype not in SUPPORTED_DTYPES:
-        raise ImportRefused(f"{role} {value.name!r} has dtype {dtype}; supported: "
+        onnx_type = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise ImportRefused(f"{role} {value.name!r} has element type {onnx_type}; supported: "
                             f"{', '.join(sorted(SUPPORTED_DTYPES))}")
     if not tensor.HasField("shape"):
         raise ImportRefused(f"{role} {value.name!r} has no declared shape (its rank is unknown)")
@@ -437,7 +440,7 @@ def _run_checks(graph: _Graph, onnx_path: Path, examples: list[np.ndarray]) -> l
         feeds.append(tuple(examples))
     sizes = []
     for feed in feeds:
-        size = feed[0].shape[graph.axes[names[0]]] if names else 1
+        size = feed[0].shape[graph.axes[names[0]]]
         try:
             outputs = run(feed)
         except Exception as exc:  # ORT's own error types
