@@ -54,7 +54,7 @@ class Recipe:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # tabular | image | text
+    kind: str  # the serving kind (services/kinds): tabular | image | text | tensor
     dataset: str
     description: str
     builder: str  # "module:attr" in models.nets
@@ -65,6 +65,9 @@ class ModelSpec:
     recipes: dict[str, Recipe]
     headline_metric: str
     is_classifier: bool = True
+    # The batch axis of every tensor ({"inputs": {name: axis}, "outputs": {name: axis}}); None =
+    # the serving kind's own rule (an imported model states it: contract A).
+    batch_axes: dict[str, dict[str, int]] | None = None
 
     def build(self, **kwargs: Any) -> Any:
         module, attr = self.builder.split(":")
@@ -185,3 +188,40 @@ def get_spec(name: str) -> ModelSpec:
         return CATALOG[name]
     except KeyError:
         raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}") from None
+
+
+def spec_from_metadata(name: str, metadata: dict[str, Any]) -> ModelSpec:
+    """The spec of an imported model, from its stored metadata (contract A): the kind that
+    serves it, its signature and batch axes, labels and how a photo becomes its input."""
+    def tensors(key: str) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t.get("description", ""))
+                     for t in metadata["signature"][key])
+
+    try:
+        labels = tuple(str(label) for label in metadata.get("labels", ()))
+        return ModelSpec(
+            name=name, kind=str(metadata["kind"]), dataset="imported",
+            description=str(metadata.get("description", f"imported model {name}")),
+            builder="", inputs=tensors("inputs"), outputs=tensors("outputs"), labels=labels,
+            preprocessing=dict(metadata.get("preprocessing") or {}), recipes={},
+            headline_metric="", is_classifier=bool(labels),
+            batch_axes={"inputs": dict(metadata["batch_axes"]["inputs"]),
+                        "outputs": dict(metadata["batch_axes"]["outputs"])})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnknownModel(f"model {name!r} is not in the catalog and its stored metadata is not "
+                           f"an imported model's (missing or bad {exc})") from None
+
+
+def imported_names() -> list[str]:
+    """Names of the imported models in the store: versions whose metadata names a kind and a
+    signature (contract A), under a name the catalog does not hold."""
+    from models.artifacts import list_versions
+
+    return sorted({v.name for v in list_versions() if v.name not in CATALOG
+                   and "kind" in v.metadata and "signature" in v.metadata})
+
+
+def default_models() -> list[str]:
+    """What a server serves unless configured otherwise: the lecture models and every imported
+    model in the store."""
+    return [*MODEL_NAMES, *imported_names()]

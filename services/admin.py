@@ -14,20 +14,18 @@ import asyncio
 import hmac
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
 
-from services.dataplane import PLANE
 from services.errors import Forbidden, InvalidInput, ModelNotReady, Unauthorized
-from services.http import JSON, error_response, parse_json, read_body
+from services.http import Exchange, parse_json, read_body
 from services.rollout import Rollout
 
 MAX_ADMIN_BODY = 64 * 1024
 
 
-def _authorize(request: Request) -> Rollout:
-    token = PLANE.config.admin_token if PLANE.config else None
+def _authorize(ex: Exchange) -> Rollout:
+    plane, request = ex.plane, ex.request
+    token = plane.config.admin_token if plane.config else None
     if not token:
         raise Forbidden("the admin API is disabled: set admin_token (PODIUM_ADMIN_TOKEN) to "
                         "enable it")
@@ -37,9 +35,9 @@ def _authorize(request: Request) -> Rollout:
                            field="Authorization")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Forbidden("admin API: wrong token", field="Authorization")
-    if PLANE.rollout is None:
+    if plane.rollout is None:
         raise ModelNotReady("the server is still loading its models")
-    return PLANE.rollout
+    return plane.rollout
 
 
 async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -63,88 +61,47 @@ def _optional_str(payload: dict[str, Any], key: str) -> str | None:
     return value
 
 
-async def _act(rollout: Rollout, name: str, action: Any, *args: Any) -> Response:
+async def _act(rollout: Rollout, name: str, action: Any, *args: Any) -> dict[str, Any]:
     """Run an admin action in a thread; answer with its event and the model's new status."""
     def run() -> dict[str, Any]:
         event = action(name, *args)
         return {"event": event, "status": rollout.status(name)["models"][name]}
 
-    return JSON(await asyncio.to_thread(run))
+    return await asyncio.to_thread(run)
 
 
-def _reply(exc: Exception) -> Response:
-    response = error_response(exc)
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
+async def status(ex: Exchange, name: str | None = None) -> dict[str, Any]:
+    return await asyncio.to_thread(_authorize(ex).status, name)
 
 
-async def status(request: Request, name: str | None = None) -> Response:
-    try:
-        rollout = _authorize(request)
-        return JSON(await asyncio.to_thread(rollout.status, name))
-    except Exception as exc:
-        return _reply(exc)
-
-
-async def analysis(request: Request, name: str) -> Response:
+async def analysis(ex: Exchange, name: str) -> dict[str, Any]:
     """The aggregated verdict on the candidate, for a mesh's analysis step (deploy/README.md)."""
-    try:
-        rollout = _authorize(request)
-        return JSON(await asyncio.to_thread(rollout.analysis, name))
-    except Exception as exc:
-        return _reply(exc)
+    return await asyncio.to_thread(_authorize(ex).analysis, name)
 
 
-async def start(request: Request, name: str) -> Response:
+async def start(ex: Exchange, name: str) -> dict[str, Any]:
     """Body: ``{"version": V, "mode": "canary"|"shadow", "percent": 10, "limits": {...}}``."""
-    try:
-        rollout = _authorize(request)
-        payload = await _body(request, {"version", "mode", "percent", "limits"})
-        version = _optional_str(payload, "version")
-        if version is None:
-            raise InvalidInput("version is required: the candidate to roll out", field="version")
-        limits = payload.get("limits") or {}
-        if not isinstance(limits, dict):
-            raise InvalidInput("limits must be an object", field="limits")
-        return await _act(rollout, name, rollout.begin, version, payload.get("mode", "canary"),
-                          payload.get("percent", 10.0), limits)
-    except Exception as exc:
-        return _reply(exc)
+    rollout = _authorize(ex)
+    payload = await _body(ex.request, {"version", "mode", "percent", "limits"})
+    version = _optional_str(payload, "version")
+    if version is None:
+        raise InvalidInput("version is required: the candidate to roll out", field="version")
+    limits = payload.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise InvalidInput("limits must be an object", field="limits")
+    return await _act(rollout, name, rollout.begin, version, payload.get("mode", "canary"),
+                      payload.get("percent", 10.0), limits)
 
 
-async def promote(request: Request, name: str) -> Response:
+async def promote(ex: Exchange, name: str) -> dict[str, Any]:
     """Body (optional): ``{"version": V}`` to promote a version without a rollout."""
-    try:
-        rollout = _authorize(request)
-        payload = await _body(request, {"version"})
-        return await _act(rollout, name, rollout.promote, _optional_str(payload, "version"))
-    except Exception as exc:
-        return _reply(exc)
+    rollout = _authorize(ex)
+    payload = await _body(ex.request, {"version"})
+    return await _act(rollout, name, rollout.promote, _optional_str(payload, "version"))
 
 
-async def rollback(request: Request, name: str) -> Response:
+async def rollback(ex: Exchange, name: str) -> dict[str, Any]:
     """Body (optional): ``{"reason": "..."}``, kept in the event log."""
-    try:
-        rollout = _authorize(request)
-        payload = await _body(request, {"reason"})
-        return await _act(rollout, name, rollout.rollback, _optional_str(payload, "reason") or "")
-    except Exception as exc:
-        return _reply(exc)
-
-
-def build_router() -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["Admin"])
-    router.add_api_route("/rollout", status, methods=["GET"],
-                         summary="Rollout status of every served model (token required)")
-    router.add_api_route("/rollout/{name}", status, methods=["GET"],
-                         summary="A model's versions, traffic shares, outcomes and events")
-    router.add_api_route("/rollout/{name}/analysis", analysis, methods=["GET"],
-                         summary="The automatic-rollback verdict over every replica, as JSON")
-    router.add_api_route("/rollout/{name}/start", start, methods=["POST"],
-                         summary="Start a canary (percent of traffic) or shadow rollout")
-    router.add_api_route("/rollout/{name}/promote", promote, methods=["POST"],
-                         summary="Make the candidate (or a named version) the stable version")
-    router.add_api_route("/rollout/{name}/rollback", rollback, methods=["POST"],
-                         summary="Abort the rollout, or return to the previous stable version")
-    return router
+    rollout = _authorize(ex)
+    payload = await _body(ex.request, {"reason"})
+    return await _act(rollout, name, rollout.rollback, _optional_str(payload, "reason") or "")

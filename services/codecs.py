@@ -1,17 +1,20 @@
 """Decoding and validation at the edge: request bodies → checked NumPy arrays, or a clear 4xx.
 
-- tabular rows (named fields or 8-number lists);
-- MNIST tensors from JSON (``[N,1,28,28]``, ``[N,28,28]`` or ``[N,784]``; floats in [0, 1] or
-  0–255 integers) and from ``.npy`` bodies;
-- images of any format, size and mode, turned into MNIST-looking digits by ``services.digits``
-  (photos of digits on paper included).
+The model kinds (``services.kinds``) call these; nothing here knows a model name.
+
+- tabular rows (named fields or lists, in the order of the model's features);
+- image tensors from JSON (``[N,C,H,W]``; with one channel also ``[N,H,W]`` and ``[N,H*W]``;
+  floats in [0, 1] or 0–255 integers) and from ``.npy`` bodies (read without pickle and without
+  allocating what the header declares);
+- images of any format, size and mode: turned into MNIST-looking digits by ``services.digits``
+  (photos of digits on paper included), or resized to a model's own H×W and channels.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +25,14 @@ from services import digits
 from services.errors import InvalidInput, PayloadTooLarge, clip
 
 IMAGE_SIDE = digits.IMAGE_SIDE
+MNIST_SHAPE = (1, IMAGE_SIDE, IMAGE_SIDE)  # channels, height, width of one MNIST input
 
 
 # ------------------------------------------------------------------------------------ tabular
 
-def decode_rows(rows: Any, max_items: int) -> np.ndarray:
-    """``rows``: a list of {feature: number} objects or of 8-number lists → float32 [N, 8]."""
+def decode_rows(rows: Any, max_items: int,
+                features: Sequence[str] = DIABETES_FEATURES) -> np.ndarray:
+    """``rows``: a list of {feature: number} objects or of number lists → float32 [N, features]."""
     if not isinstance(rows, list):
         raise InvalidInput("'rows' must be a list of rows", field="rows")
     if not rows:
@@ -35,48 +40,55 @@ def decode_rows(rows: Any, max_items: int) -> np.ndarray:
     if len(rows) > max_items:
         raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {max_items}",
                               field="rows")
-    out = np.empty((len(rows), len(DIABETES_FEATURES)), dtype=np.float32)
+    out = np.empty((len(rows), len(features)), dtype=np.float32)
     for i, row in enumerate(rows):
         if isinstance(row, dict):
-            missing = [f for f in DIABETES_FEATURES if f not in row]
-            extra = [k for k in row if k not in DIABETES_FEATURES]
+            missing = [f for f in features if f not in row]
+            extra = [k for k in row if k not in features]
             if missing or extra:
                 problem = f"missing {missing}" if missing else f"unknown {extra}"
-                raise InvalidInput(f"row {i}: {problem}; the fields are {list(DIABETES_FEATURES)}",
+                raise InvalidInput(f"row {i}: {problem}; the fields are {list(features)}",
                                    field=f"rows[{i}]")
-            values: Sequence[Any] = [row[f] for f in DIABETES_FEATURES]
+            values: Sequence[Any] = [row[f] for f in features]
         elif isinstance(row, list):
-            if len(row) != len(DIABETES_FEATURES):
+            if len(row) != len(features):
                 raise InvalidInput(f"row {i} has {len(row)} values; expected "
-                                   f"{len(DIABETES_FEATURES)}: {list(DIABETES_FEATURES)}",
+                                   f"{len(features)}: {list(features)}",
                                    field=f"rows[{i}]")
             values = row
         else:
-            raise InvalidInput(f"row {i} must be an object of named features or a list of 8 "
-                               f"numbers", field=f"rows[{i}]")
+            raise InvalidInput(f"row {i} must be an object of named features or a list of "
+                               f"{len(features)} numbers", field=f"rows[{i}]")
         for j, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidInput(f"row {i}: {DIABETES_FEATURES[j]} must be a number, got "
-                                   f"{type(value).__name__}", field=f"rows[{i}].{DIABETES_FEATURES[j]}")
+                raise InvalidInput(f"row {i}: {features[j]} must be a number, got "
+                                   f"{type(value).__name__}", field=f"rows[{i}].{features[j]}")
             if not math.isfinite(value):
-                raise InvalidInput(f"row {i}: {DIABETES_FEATURES[j]} is not finite",
-                                   field=f"rows[{i}].{DIABETES_FEATURES[j]}")
+                raise InvalidInput(f"row {i}: {features[j]} is not finite",
+                                   field=f"rows[{i}].{features[j]}")
             out[i, j] = value
     return out
 
 
 # ------------------------------------------------------------------------------------ tensors
 
-def _as_mnist_batch(array: np.ndarray, field: str, max_items: int) -> np.ndarray:
-    if array.ndim == 4 and array.shape[1:] == (1, IMAGE_SIDE, IMAGE_SIDE):
-        batch = array
-    elif array.ndim == 3 and array.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE):
-        batch = array[:, None]
-    elif array.ndim == 2 and array.shape[1] == IMAGE_SIDE * IMAGE_SIDE:
-        batch = array.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+def image_shapes(shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+    """The item shapes accepted for images of ``shape`` (C, H, W): [C,H,W]; with one channel
+    also [H,W] and [H*W]."""
+    channels, height, width = shape
+    return [shape, (height, width), (height * width,)] if channels == 1 else [shape]
+
+
+def as_image_batch(array: np.ndarray, field: str, max_items: int,
+                   shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
+    """``array`` as an [N, C, H, W] batch of images of ``shape`` (C, H, W), within the item limit."""
+    accepted = image_shapes(shape)
+    if array.ndim >= 2 and array.shape[1:] in accepted:
+        batch = array.reshape(-1, *shape)
     else:
-        raise InvalidInput(f"shape {list(array.shape)} is not a batch of MNIST images; send "
-                           f"[N,1,28,28], [N,28,28] or [N,784]", field=field)
+        send = ", ".join(str(list((-1, *s))).replace("-1", "N").replace(" ", "") for s in accepted)
+        raise InvalidInput(f"shape {list(array.shape)} is not a batch of {'×'.join(map(str, shape))} "
+                           f"images; send {send}", field=field)
     if batch.shape[0] == 0:
         raise InvalidInput("empty batch: no images", field=field)
     if batch.shape[0] > max_items:
@@ -102,7 +114,8 @@ def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
     return out
 
 
-def decode_json_images(value: Any, max_items: int, field: str = "instances") -> np.ndarray:
+def decode_json_images(value: Any, max_items: int, field: str = "instances",
+                       shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     if not isinstance(value, list):
         raise InvalidInput(f"'{field}' must be a nested list of pixels", field=field)
     if not value:
@@ -114,14 +127,14 @@ def decode_json_images(value: Any, max_items: int, field: str = "instances") -> 
             from None
     if array.dtype == object or array.dtype.kind not in "uifb":
         raise InvalidInput("pixels must all be numbers, in nested lists of one shape", field=field)
-    return normalize_pixels(_as_mnist_batch(array, field, max_items), field)
+    return normalize_pixels(as_image_batch(array, field, max_items, shape), field)
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def decode_npy(body: bytes, max_items: int) -> np.ndarray:
-    """An ``.npy`` body → a checked batch, without pickle and without allocating: the declared
+def read_npy(body: bytes, max_items: int) -> np.ndarray:
+    """An ``.npy`` body → an array, without pickle and without allocating: the declared
     shape and dtype are checked against the body's length and the item limit first, then the
     array is a view of the body (``np.load`` would allocate whatever the header declares)."""
     stream = io.BytesIO(body)
@@ -139,7 +152,7 @@ def decode_npy(body: bytes, max_items: int) -> np.ndarray:
     if dtype.hasobject:
         raise InvalidInput("object arrays are not accepted (no pickle); send numbers", field="body")
     if shape and shape[0] > max_items:
-        raise PayloadTooLarge(f"{shape[0]} images in one request; the limit is {max_items}",
+        raise PayloadTooLarge(f"{shape[0]} items in one request; the limit is {max_items}",
                               field="body")
     data = memoryview(body)[stream.tell():]
     needed = math.prod(shape) * dtype.itemsize
@@ -147,8 +160,19 @@ def decode_npy(body: bytes, max_items: int) -> np.ndarray:
         raise InvalidInput(f"the .npy header declares shape {list(shape)} of {dtype} ({needed} bytes) "
                            f"but the body holds {len(data)} bytes of data", field="body")
     array = np.frombuffer(data, dtype=dtype)
-    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-    return normalize_pixels(_as_mnist_batch(array, "body", max_items), "body")
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """``array`` as an ``.npy`` file (version 1.0, no pickle)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(body: bytes, max_items: int, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
+    """An ``.npy`` body of images → a checked float32 [N, C, H, W] batch in [0, 1]."""
+    return normalize_pixels(as_image_batch(read_npy(body, max_items), "body", max_items, shape), "body")
 
 
 # ------------------------------------------------------------------------------------- images
@@ -199,9 +223,21 @@ def mnist_from_image(image: Image.Image) -> np.ndarray:
     return digits.mnist_digit(image)
 
 
+def photo_tensor(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """Any image → float32 [C, H, W] in [0, 1]: converted to C channels (1 gray, 3 RGB, 4 RGBA)
+    and resized to H×W (bilinear)."""
+    channels, height, width = shape
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    pixels = np.asarray(image.convert(mode).resize((width, height), Image.Resampling.BILINEAR),
+                        dtype=np.float32) * np.float32(1 / 255)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
 def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: int,
-                  max_request_pixels: int) -> np.ndarray:
-    """Image files → a float32 [N, 1, 28, 28] batch. Every header is read first: the request's
+                  max_request_pixels: int,
+                  convert: Callable[[Image.Image], np.ndarray] | None = None) -> np.ndarray:
+    """Image files → a float32 [N, C, H, W] batch: each image through ``convert`` (default: the
+    MNIST digit pipeline, [N, 1, 28, 28]). Every header is read first: the request's
     declared pixels in all must fit ``max_request_pixels`` before any image is decoded. CPU-bound:
     the service runs it in its decode pool, off the event loop."""
     if not files:
@@ -215,14 +251,14 @@ def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: in
         raise PayloadTooLarge(f"{len(images)} images of {total} pixels in all exceed the "
                               f"{max_request_pixels}-pixel budget of one request "
                               f"(max_request_pixels)", field="images")
-    return np.stack([_digit(name, image) for name, image in images])
+    return np.stack([_convert(name, image, convert or mnist_from_image) for name, image in images])
 
 
-def _digit(name: str, image: Image.Image) -> np.ndarray:
-    """One decoded image → its MNIST input; an image with no digit is named in the 400 (which of
+def _convert(name: str, image: Image.Image, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """One decoded image → its model input; an image with no digit is named in the 400 (which of
     a multipart upload's files it was)."""
     try:
-        return mnist_from_image(load_image(image, name))
+        return convert(load_image(image, name))
     except digits.NoDigit as exc:
         raise digits.NoDigit(f"{clip(name)}: {exc.message}", field=name) from None
 

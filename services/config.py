@@ -18,14 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from models.artifacts import store_home
-from models.catalog import MODEL_NAMES
-
-DEFAULT_MAX_BATCH = {"diabetes": 1024, "mnist-fc": 256, "mnist-cnn": 256, "mnist-googlenet": 256,
-                     "mnist-resnet": 256, "char-rnn": 64}
-# Issue 13: a GPU only pays off on big batches (kernel launch and copies dominate small ones), and
-# its memory holds them easily: 1024 MNIST images are 3 MiB of input.
-DEFAULT_GPU_MAX_BATCH = {"diabetes": 4096, "mnist-fc": 1024, "mnist-cnn": 1024, "mnist-googlenet": 1024,
-                         "mnist-resnet": 1024, "char-rnn": 256}
+from models.catalog import MODEL_NAMES, default_models, imported_names
 
 
 def _cores_but_one() -> int:
@@ -44,13 +37,16 @@ class ServeConfig(BaseModel):
     intra_op_threads: int = Field(
         0, ge=0, description="runtime threads per model; 0 = auto: all cores but one, which the "
                              "event loop needs (1 on a 2-core machine)")
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    # Issue 14: the lecture models and every imported model in the store.
+    models: list[str] = Field(default_factory=default_models)
     versions: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="model → pinned version, or a list of versions to load (first serves); "
                     "unlisted models serve their newest version")
     batching: bool = True
-    max_batch_size: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
+    max_batch_size: dict[str, int] = Field(
+        default_factory=dict, description="model → items per executed batch; unlisted models take "
+                                          "their kind's default (services/kinds)")
     batch_wait_ms: float = Field(0.0, ge=0, le=1000,
                                  description="extra wait for a fuller batch; 0 = the window "
                                              "closes as soon as the queue is empty")
@@ -109,8 +105,8 @@ class ServeConfig(BaseModel):
 
     # -- device and execution providers (issue 13; README "GPU serving") ------------------------
     gpu_max_batch_size: dict[str, int] = Field(
-        default_factory=lambda: dict(DEFAULT_GPU_MAX_BATCH),
-        description="items per executed batch when the model runs on a GPU")
+        default_factory=dict, description="model → items per executed batch when the model runs on "
+                                          "a GPU; unlisted models take their kind's GPU default")
     gpu_intra_op_threads: int = Field(
         1, ge=0, description="runtime host threads per model on a GPU provider (they only launch "
                              "kernels); 0 = ONNX Runtime's default")
@@ -151,11 +147,11 @@ class ServeConfig(BaseModel):
         """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
         return self.decode_threads or _cores_but_one()
 
-    def max_batch(self, name: str, device: str = "cpu") -> int:
-        """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda)."""
-        if device == "cuda":
-            return self.gpu_max_batch_size.get(name, DEFAULT_GPU_MAX_BATCH.get(name, 256))
-        return self.max_batch_size.get(name, DEFAULT_MAX_BATCH.get(name, 64))
+    def max_batch(self, name: str, device: str, default: int) -> int:
+        """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda):
+        the configured value, else ``default`` (the model kind's, services/kinds)."""
+        configured = self.gpu_max_batch_size if device == "cuda" else self.max_batch_size
+        return configured.get(name, default)
 
     def tensorrt_cache_path(self) -> str:
         if self.tensorrt_cache_dir:
@@ -205,8 +201,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
     except ValidationError as exc:
         raise ConfigError(f"invalid Podium configuration: {exc}") from None
     unknown = [m for m in config.models if m not in MODEL_NAMES]
-    if unknown:
-        raise ConfigError(f"unknown models in configuration: {unknown}; known: {list(MODEL_NAMES)}")
+    if unknown:  # issue 14: an imported model in the store is known too
+        known = [*MODEL_NAMES, *imported_names()]
+        if unknown := [m for m in unknown if m not in known]:
+            raise ConfigError(f"unknown models in configuration: {unknown}; known: {known}")
     return config
 
 

@@ -1,8 +1,9 @@
 """The one data plane behind every front door (the friendly /v1 API, the Open Inference
 Protocol /v2, the admin API): configuration, loaded versions, metrics, and version selection.
 
-A process has one ``DataPlane``; the BentoML service starts it in its ``__init__`` (so every
-model is loaded and warm before ``/readyz`` says ready) and the HTTP routes read it.
+A worker process has one ``DataPlane``: ``services.service`` creates it, passes it to the HTTP
+apps (``services.routes``) and starts it in the service's ``__init__`` (so every model is loaded
+and warm before ``/readyz`` says ready). Nothing reads a module-level plane: tests build their own.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ log = logging.getLogger("podium")
 
 
 class DataPlane:
-    def __init__(self) -> None:
-        self.config: ServeConfig | None = None
+    def __init__(self, config: ServeConfig | None = None) -> None:
+        self.config: ServeConfig | None = config
         self.repository: Repository | None = None
         self.metrics: Any = None
         self.rollout: Rollout | None = None
@@ -39,11 +40,13 @@ class DataPlane:
         return (repository is not None and repository.ready and bool(repository.stable)
                 and self.rollout is not None and self.rollout.ready.is_set() and not self.draining)
 
-    def start(self, config: ServeConfig | None = None) -> None:
+    def start(self, config: ServeConfig | None = None, metrics: Any = None) -> None:
+        """Load and warm every configured model and apply the stored rollout state. ``metrics``:
+        where requests and batches are recorded (default: the process's Prometheus metrics)."""
         from services.metrics import get_metrics
 
-        self.config = config or get_config()
-        self.metrics = get_metrics()
+        self.config = config or self.config or get_config()
+        self.metrics = metrics or get_metrics()
         repository = Repository(self.config, self.metrics)
         repository.load_all()
         rollout = Rollout(self.config, repository)
@@ -80,11 +83,6 @@ class DataPlane:
             rollout.record(loaded, time.perf_counter() - started, ok=False)
             raise
         rollout.record(loaded, time.perf_counter() - started, ok=True)
-        if loaded.spec.kind != "text":
-            # A generation step carries the stable version's recurrent state, meaningless to
-            # another version: text is routed and recorded, not shadowed step by step.
+        if loaded.kind.shadowed:
             rollout.mirror(loaded, feeds, outputs)
         return outputs
-
-
-PLANE = DataPlane()

@@ -1,18 +1,22 @@
-"""HTTP plumbing shared by the front doors: bounded body reading, JSON responses, and the one
-place where Podium errors become status codes."""
+"""HTTP plumbing shared by the front doors: bounded body reading, JSON responses, the one place
+where Podium errors become status codes, and what a route handler is given (``Exchange``)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.errors import InvalidInput, PayloadTooLarge, PodiumError
+from services.errors import InvalidInput, PayloadTooLarge, PodiumError, Unauthorized
 from services.metrics import UNKNOWN
+
+if TYPE_CHECKING:
+    from services.dataplane import DataPlane
+    from services.repository import LoadedVersion
 
 log = logging.getLogger("podium.http")
 
@@ -63,6 +67,8 @@ def media_type(request: Request) -> str:
 
 
 def error_response(exc: Exception) -> JSON:
+    if isinstance(exc, Unauthorized):
+        return JSON(exc.body(), status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PodiumError):
         return JSON(exc.body(), status_code=exc.status)
     log.exception("internal error")
@@ -76,10 +82,6 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for code, what in (("4XX", "the client's mistake, named"), ("5XX", "overloaded, loading or failed"))}
-
-
-def versioned(content: dict[str, Any], name: str, version: str, status: int = 200) -> JSON:
-    return JSON(content, status_code=status, headers={MODEL_HEADER: name, VERSION_HEADER: version})
 
 
 class Timer:
@@ -103,3 +105,27 @@ class Timer:
         if self.metrics is not None:
             self.metrics.observe_request(self.model, self.version, self.endpoint, status,
                                          time.perf_counter() - self.started)
+
+
+class Exchange:
+    """One request as a route handler sees it: the data plane, the request, and — once the
+    handler has picked it — the version that answers (its name and version go in the metrics
+    and in the response headers, errors included)."""
+
+    def __init__(self, plane: DataPlane, request: Request, timer: Timer | None = None) -> None:
+        self.plane, self.request, self.timer = plane, request, timer
+        self.loaded: LoadedVersion | None = None
+
+    def answered_by(self, loaded: LoadedVersion) -> LoadedVersion:
+        self.loaded = loaded
+        if self.timer is not None:
+            self.timer.answered_by(loaded)
+        return loaded
+
+    def select(self, name: str, version: str | None) -> LoadedVersion:
+        """The version that answers (the rollout's choice when the URL names none)."""
+        return self.answered_by(self.plane.select(name, version, self.request.headers))
+
+    def get(self, name: str, version: str | None) -> LoadedVersion:
+        """The named version, or the stable one (metadata routes: no rollout routing)."""
+        return self.answered_by(self.plane.repo().get(name, version))

@@ -82,8 +82,8 @@ def _flatten(data: list[Any], out: list[Any]) -> list[Any]:
     return out
 
 
-def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = math.prod(shape)
+def json_array(name: str, datatype: str, data: Any) -> np.ndarray:
+    """JSON ``data`` (nested lists, or flat) of OIP ``datatype`` → a checked array of its shape."""
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list (flat or nested, row-major)",
                            field=f"{name}.data")
@@ -93,23 +93,28 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
             raise InvalidInput(f"input {name!r}: BYTES data must be strings", field=f"{name}.data")
         array = np.empty(len(flat), dtype=object)
         array[:] = [s.encode() for s in flat]
-    else:
-        try:
-            array = np.asarray(data)
-        except ValueError:
-            raise InvalidInput(f"input {name!r}: ragged data; nested lists must all have the same "
-                               f"length", field=f"{name}.data") from None
-        dtype = DTYPES[datatype]
-        if array.size and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
-            wanted = {"b": "true/false", "u": "integers", "i": "integers", "f": "numbers"}[dtype.kind]
-            raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}",
+        return array
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: ragged data; nested lists must all have the same "
+                           f"length", field=f"{name}.data") from None
+    dtype = DTYPES[datatype]
+    if array.size and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        wanted = {"b": "true/false", "u": "integers", "i": "integers", "f": "numbers"}[dtype.kind]
+        raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}",
+                           field=f"{name}.data")
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}",
                                field=f"{name}.data")
-        if dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise InvalidInput(f"input {name!r}: values out of range for {datatype}",
-                                   field=f"{name}.data")
-        array = array.astype(dtype, copy=False)
+    return array.astype(dtype, copy=False)
+
+
+def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    count = math.prod(shape)
+    array = json_array(name, datatype, data)
     if array.size != count:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} holds {count} elements but data "
                            f"has {array.size}", field=f"{name}.shape")

@@ -21,21 +21,14 @@ from typing import Any
 import numpy as np
 
 from models.artifacts import StoredVersion, get_version
-from models.catalog import ModelSpec, get_spec
+from models.catalog import CATALOG, ModelSpec, get_spec, spec_from_metadata
 from services.batcher import Batcher
 from services.config import ServeConfig
 from services.errors import ModelNotFound, ModelNotReady
+from services.kinds import Kind, kind_for
 from services.runtimes import Runtime, device_settings, load_runtime
 
 log = logging.getLogger("podium.repository")
-
-# Batch axis of every input and output, by model kind.
-AXES: dict[str, tuple[dict[str, int], list[int]]] = {
-    "tabular": ({"features": 0}, [0]),
-    "image": ({"image": 0}, [0]),
-    "text": ({"tokens": 0, "state": 1}, [0, 1]),
-}
-
 
 @dataclass
 class LoadedVersion:
@@ -43,6 +36,7 @@ class LoadedVersion:
     stored: StoredVersion
     runtime: Runtime
     batcher: Batcher
+    kind: Kind
     loaded_at: float = field(default_factory=time.time)
     vocab: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
@@ -82,15 +76,25 @@ def warm_batch_sizes(max_batch: int) -> list[int]:
     return [*sizes, max_batch]
 
 
-def warm_feeds(spec: ModelSpec, batch: int, arch: dict[str, Any] | None = None
-               ) -> dict[str, np.ndarray]:
-    if spec.kind == "tabular":
-        return {"features": np.zeros((batch, 8), np.float32)}
-    if spec.kind == "image":
-        return {"image": np.zeros((batch, 1, 28, 28), np.float32)}
-    arch = arch or {}
-    return {"tokens": np.ones((batch, 8), np.int64),
-            "state": np.zeros((arch["layers"], batch, arch["hidden"]), np.float32)}
+def served_kinds(names: Iterable[str]) -> dict[str, str]:
+    """Model name → the name of its kind: the catalog's, or the newest stored version's metadata
+    (an imported model). A name with neither is left out (it fails to load, with its reason)."""
+    from bentoml.exceptions import BentoMLException
+
+    out = {}
+    for name in names:
+        if name in CATALOG:
+            out[name] = CATALOG[name].kind
+            continue
+        with contextlib.suppress(BentoMLException, KeyError):
+            out[name] = str(get_version(name).metadata["kind"])
+    return out
+
+
+def spec_of(name: str, stored: StoredVersion) -> ModelSpec:
+    """A lecture model's spec is the catalog's; any other stored model is described by its
+    own metadata (an imported model, contract A)."""
+    return get_spec(name) if name in CATALOG else spec_from_metadata(name, stored.metadata)
 
 
 def _release(versions: list[LoadedVersion]) -> None:
@@ -152,30 +156,35 @@ class Repository:
 
     def load_version(self, name: str, version: str | None = None) -> LoadedVersion:
         """Load, verify and warm ``name:version`` (newest when None); idempotent."""
-        spec = get_spec(name)
-        stored = self._find(name, version)
+        return self.load(self._find(name, version))
+
+    def load(self, stored: StoredVersion) -> LoadedVersion:
+        """Verify, load and warm the version ``stored`` (read from the store, or made by a
+        test); idempotent."""
+        name = stored.name
         with self._lock:
             existing = self.loaded.get(name, {}).get(stored.version)
         if existing is not None:
             return existing
+        spec = spec_of(name, stored)
+        kind = kind_for(spec)
         stored.verify()  # raises CorruptVersion: a broken version never starts serving
-        runtime = load_runtime(self.config.runtime, spec, stored, device_settings(self.config, name))
-        max_batch = self.config.max_batch(name, runtime.device)
-        input_axes, output_axes = AXES[spec.kind]
+        settings = device_settings(self.config, name, kind.gpu_max_batch)
+        runtime = load_runtime(self.config.runtime, spec, stored, settings)
+        default = kind.gpu_max_batch if runtime.device == "cuda" else kind.max_batch
+        max_batch = self.config.max_batch(name, runtime.device, default)
+        input_axes, output_axes = kind.batch_axes()
         batcher = Batcher(name, stored.version, runtime.run, input_axes, output_axes,
                           max_batch_size=max_batch,
                           max_latency_s=self.config.max_latency_ms / 1000,
                           max_queue_items=self.config.max_queue_items,
                           wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
                           metrics=self.metrics)
-        loaded = LoadedVersion(spec, stored, runtime, batcher)
-        if spec.kind == "text":
-            loaded.vocab = stored.vocabulary()
-            loaded.index = {c: i for i, c in enumerate(loaded.vocab)}
-        arch = loaded.architecture
+        loaded = LoadedVersion(spec, stored, runtime, batcher, kind)
+        kind.setup(loaded)
         warm = warm_batch_sizes(max_batch)
         for batch in warm:  # warm-up: first-request costs paid now
-            runtime.run(warm_feeds(spec, batch, arch=arch))
+            runtime.run(kind.warm_feeds(loaded, batch))
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
         log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,

@@ -66,13 +66,14 @@ class DeviceSettings:
     max_sequence: int = 2000      # the longest time axis (char-rnn prompt)
 
 
-def device_settings(config: ServeConfig, name: str) -> DeviceSettings:
+def device_settings(config: ServeConfig, name: str, gpu_max_batch: int) -> DeviceSettings:
+    """``gpu_max_batch``: the model kind's default, unless configured for ``name``."""
     return DeviceSettings(
         device=config.device, cpu_threads=config.runtime_threads(),
         gpu_threads=config.gpu_intra_op_threads, cuda_device_id=config.cuda_device_id,
         tensorrt=config.tensorrt, tensorrt_cache_dir=config.tensorrt_cache_path(),
         tensorrt_fp16=config.tensorrt_fp16, cudnn_conv_algo_search=config.cudnn_conv_algo_search,
-        io_binding=config.io_binding, gpu_max_batch=config.max_batch(name, "cuda"),
+        io_binding=config.io_binding, gpu_max_batch=config.max_batch(name, "cuda", gpu_max_batch),
         max_sequence=config.max_prompt_chars)
 
 

@@ -20,11 +20,11 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 
 from models.artifacts import store_home
 from services import edge, worker
-from services.app import create_app, create_hot_app
 from services.config import get_config
-from services.dataplane import PLANE
+from services.dataplane import DataPlane
 from services.repository import preflight
 from services.rollout.store import deployment_name
+from services.routes import create_app, hot_app
 from services.runtimes import DeviceUnavailable, check_device
 
 
@@ -45,8 +45,11 @@ CONFIG = get_config()
 # wipe the first one's metrics (issue 11).
 BentoMLContainer.prometheus_multiproc_dir.set(
     str(store_home() / "prometheus_multiproc_dir" / deployment_name(CONFIG)))
-app = create_app()
-hot_app = create_hot_app()
+# This worker process's one data plane (issue 14: passed to the apps, no module-level global in
+# the serving code); the service instance starts it and holds it as ``self.plane``.
+PLANE = DataPlane(CONFIG)
+app = create_app(PLANE)
+inference_app = hot_app(PLANE)
 
 # The container image: a Debian bookworm / Python 3.11 base built locally with debootstrap
 # (deploy/container/build-base.sh). A distro name BentoML does not manage keeps its generated
@@ -68,12 +71,13 @@ IMAGE = bentoml.images.Image(
     tracing={"excluded_urls": ["/v1/models", "/v2"]},
 )
 @bentoml.asgi_app(app, path="/")
-@bentoml.asgi_app(hot_app, path="/")  # matched first: the inference routes without FastAPI
+@bentoml.asgi_app(inference_app, path="/")  # matched first: the inference routes without FastAPI
 class Podium:
     def __init__(self) -> None:
         logging.getLogger("podium").setLevel(logging.INFO)
+        self.plane = PLANE
         try:
-            PLANE.start(CONFIG)
+            self.plane.start(CONFIG)
         except Exception as exc:
             if CONFIG.strict:  # a failure the pre-flight could not see (e.g. device=cuda, no GPU)
                 worker.fail_start_up(exc)
@@ -86,7 +90,7 @@ class Podium:
         gc.set_threshold(50_000, 50, 100)  # fewer, cheaper passes over per-request garbage
 
     def __is_ready__(self) -> bool:
-        return PLANE.ready
+        return self.plane.ready
 
     @bentoml.on_deployment
     def check_store() -> None:

@@ -8,13 +8,17 @@ bounded before it starts (``check_work``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from services.codecs import encode_text
 from services.config import ServeConfig
-from services.dataplane import PLANE
 from services.errors import InvalidInput, PayloadTooLarge
-from services.repository import LoadedVersion
+
+if TYPE_CHECKING:
+    from services.dataplane import DataPlane
+    from services.repository import LoadedVersion
 
 
 def _distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
@@ -55,9 +59,9 @@ def check_work(prompts: list[str], new_chars: int, config: ServeConfig) -> None:
                               field="max_new_chars")
 
 
-async def _step(loaded: LoadedVersion, tokens: np.ndarray, state: np.ndarray
+async def _step(plane: DataPlane, loaded: LoadedVersion, tokens: np.ndarray, state: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    logits, state_out = await PLANE.infer(loaded, {"tokens": tokens, "state": state})
+    logits, state_out = await plane.infer(loaded, {"tokens": tokens, "state": state})
     return logits[0, -1], state_out
 
 
@@ -66,24 +70,25 @@ def _initial_state(loaded: LoadedVersion) -> np.ndarray:
     return np.zeros((arch["layers"], 1, arch["hidden"]), np.float32)
 
 
-async def generate(loaded: LoadedVersion, prompt: str, max_new_chars: int, temperature: float,
+async def generate(plane: DataPlane, loaded: LoadedVersion, prompt: str, max_new_chars: int,
+                   temperature: float,
                    top_k: int | None, seed: int | None) -> tuple[str, list[str]]:
     """The generated continuation of ``prompt`` and the prompt's out-of-vocabulary characters."""
     ids, unknown = encode_text(prompt, loaded.index)
     rng = np.random.default_rng(seed)
-    logits, state = await _step(loaded, ids[None], _initial_state(loaded))
+    logits, state = await _step(plane, loaded, ids[None], _initial_state(loaded))
     out = []
     for _ in range(max_new_chars):
         nxt = int(rng.choice(len(logits), p=_distribution(logits, temperature, top_k)))
         out.append(loaded.vocab[nxt])
-        logits, state = await _step(loaded, np.array([[nxt]], np.int64), state)
+        logits, state = await _step(plane, loaded, np.array([[nxt]], np.int64), state)
     return "".join(out), unknown
 
 
-async def next_distribution(loaded: LoadedVersion, prompt: str, top_k: int,
+async def next_distribution(plane: DataPlane, loaded: LoadedVersion, prompt: str, top_k: int,
                             temperature: float = 1.0) -> tuple[list[tuple[str, float]], list[str]]:
     ids, unknown = encode_text(prompt, loaded.index)
-    logits, _ = await _step(loaded, ids[None], _initial_state(loaded))
+    logits, _ = await _step(plane, loaded, ids[None], _initial_state(loaded))
     probs = _distribution(logits, temperature, None)
     order = np.argsort(-probs)[:top_k]
     return [(loaded.vocab[i], float(probs[i])) for i in order], unknown

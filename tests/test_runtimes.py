@@ -18,7 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from services import runtimes
-from services.config import DEFAULT_GPU_MAX_BATCH, DEFAULT_MAX_BATCH, load_config
+from services.config import load_config
+from services.kinds import KINDS
 from services.launch import Server
 from services.repository import warm_batch_sizes
 from services.runtimes import (
@@ -184,12 +185,13 @@ def test_tensorrt_cache_defaults_under_the_store(monkeypatch: pytest.MonkeyPatch
 
 
 def test_batch_limits_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = load_config("/nonexistent")
-    for name in DEFAULT_MAX_BATCH:
-        assert config.max_batch(name, "cuda") > config.max_batch(name, "cpu") == DEFAULT_MAX_BATCH[name]
-        assert config.max_batch(name, "cuda") == DEFAULT_GPU_MAX_BATCH[name]
+    # Issue 14: the defaults are the model kind's; the configuration overrides them per model.
+    for kind in KINDS.values():
+        assert kind.gpu_max_batch > kind.max_batch
     monkeypatch.setenv("PODIUM_GPU_MAX_BATCH_SIZE", '{"mnist-cnn": 2048}')
-    assert load_config("/nonexistent").max_batch("mnist-cnn", "cuda") == 2048
+    config = load_config("/nonexistent")
+    assert config.max_batch("mnist-cnn", "cuda", 1024) == 2048
+    assert config.max_batch("mnist-fc", "cuda", 1024) == 1024
 
 
 def test_warm_up_covers_every_batch_bucket() -> None:
@@ -254,7 +256,7 @@ def test_server_reports_and_logs_the_provider_used(server: Server) -> None:
         model = c.get("/v1/models/mnist-cnn").json()
     assert config["instance_group"] == [{"kind": "KIND_CPU", "count": 1}]
     assert config["parameters"]["execution_providers"]["string_value"] == CPU
-    assert config["max_batch_size"] == DEFAULT_MAX_BATCH["mnist-cnn"]
+    assert config["max_batch_size"] == KINDS["image"].max_batch
     assert [(v["device"], v["providers"]) for v in model["loaded"]] == [("cpu", [CPU])]
     logs = server.logs()
     assert "onnx runtime on cpu (providers: CPUExecutionProvider)" in logs

@@ -192,8 +192,8 @@ def _truncated_png(mnist: data.MnistData) -> bytes:
 
 BAD = [
     # (path, kwargs, status, fragment of the message)
-    ("mnist-cnn", {"json": {"instances": [[0.5] * 783]}}, 400, "is not a batch of MNIST images"),
-    ("mnist-cnn", {"json": {"instances": [0.5] * 784}}, 400, "is not a batch of MNIST images"),
+    ("mnist-cnn", {"json": {"instances": [[0.5] * 783]}}, 400, "is not a batch of 1×28×28 images"),
+    ("mnist-cnn", {"json": {"instances": [0.5] * 784}}, 400, "is not a batch of 1×28×28 images"),
     ("mnist-cnn", {"json": {"instances": [["a"] * 784]}}, 400, "pixels must all be numbers"),
     ("mnist-cnn", {"json": {"instances": [[0.5] * 784, [0.5] * 10]}}, 400, "ragged"),
     ("mnist-cnn", {"json": {"instances": []}}, 400, "empty batch"),
@@ -231,7 +231,7 @@ BAD = [
     ("diabetes", {"json": {"rows": []}}, 400, "empty batch"),
     ("diabetes", {"json": {"rows": [[1] * 8] * 5000}}, 413, "the limit is 4096"),
     ("diabetes", {"content": b"1,2,3", "headers": {"content-type": "text/csv"}}, 415, "application/json"),
-    ("char-rnn", {"json": {"rows": [[1] * 8]}}, 400, "generates text"),
+    ("char-rnn", {"json": {"rows": [[1] * 8]}}, 400, "does not serve /predict"),
     ("nope", {"json": {}}, 404, "is not served here"),
 ]
 

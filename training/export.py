@@ -20,6 +20,7 @@ import numpy as np
 
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
+from models.labels import labels_of
 
 if TYPE_CHECKING:
     import torch
@@ -123,7 +124,6 @@ def export_all(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor, 
 
 
 Runner = Callable[[tuple[np.ndarray, ...]], list[np.ndarray]]
-LabelRule = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_runner(fn: Callable[..., Any]) -> Runner:
@@ -165,18 +165,17 @@ def prove_parity(spec: ModelSpec, module: nn.Module, files: dict[str, Path],
     Raises ParityError when a threshold is missed; returns the figures otherwise.
     """
     return compare_runtimes(spec.name, _runners(spec, module, files), batches,
-                            label_rule=functools.partial(_labels, spec),
                             enforce_labels=spec.is_classifier, chain_state=chain_state,
                             tolerance=tolerance)
 
 
 def compare_runtimes(name: str, runners: dict[str, Runner], batches: Iterable[tuple[np.ndarray, ...]],
-                     label_rule: LabelRule, enforce_labels: bool, chain_state: bool = False,
+                     enforce_labels: bool, chain_state: bool = False,
                      tolerance: float = MAX_ABS_DIFF) -> dict[str, Any]:
     """The parity proof: every runner but ``eager`` against ``eager`` (see prove_parity).
 
-    ``label_rule`` maps the first output to labels; their agreement must be total when
-    ``enforce_labels`` (classifiers) and is only reported otherwise.
+    The labels of the first output (the serving label rule) must agree everywhere when
+    ``enforce_labels`` (classifiers); otherwise their agreement is only reported.
     """
     worst = {runtime: 0.0 for runtime in runners if runtime != "eager"}
     agree = {runtime: 0 for runtime in worst}
@@ -192,12 +191,14 @@ def compare_runtimes(name: str, runners: dict[str, Runner], batches: Iterable[tu
             if chain_state:
                 state[runtime] = results[runtime][-1]
         ref = results["eager"]
-        ref_label = label_rule(ref[0])
+        ref_label = _labels(ref[0])
         total += ref_label.size
         for runtime in worst:
             for got, want in zip(results[runtime], ref, strict=True):
                 worst[runtime] = max(worst[runtime], _max_abs_diff(got, want))
-            agree[runtime] += int((label_rule(results[runtime][0]) == ref_label).sum())
+            label = _labels(results[runtime][0])
+            if label.shape == ref_label.shape:  # else max |Δ| is already infinite
+                agree[runtime] += int((label == ref_label).sum())
     figures: dict[str, Any] = {"threshold_max_abs_diff": tolerance, "compared": total}
     failures = []
     for runtime in worst:
@@ -219,7 +220,6 @@ def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0))
 
 
-def _labels(spec: ModelSpec, output: np.ndarray) -> np.ndarray:
-    if spec.kind == "tabular":
-        return (output.reshape(-1) >= 0.5).astype(np.int64)
-    return output.argmax(axis=-1)
+def _labels(output: np.ndarray) -> np.ndarray:
+    """The label of every item (every time step of a sequence): the serving label rule."""
+    return labels_of(output.reshape(-1, output.shape[-1]))

@@ -202,7 +202,6 @@ def _prove_parity(request: ImportRequest, module: Any, graph: _Graph, onnx_path:
     runners = {"eager": torch_runner(module), "onnxruntime": onnx_runner(onnx_path, names)}
     try:
         return compare_runtimes(request.name, runners, batches,
-                                label_rule=lambda out: out.argmax(axis=-1) if out.ndim else out,
                                 enforce_labels=kind != "tensor",
                                 tolerance=request.parity_tolerance or MAX_ABS_DIFF)
     except ParityError as exc:

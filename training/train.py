@@ -24,6 +24,7 @@ from tqdm import tqdm
 from models import nets
 from models.artifacts import VOCAB_FILE
 from models.catalog import ModelSpec, Recipe, get_spec
+from models.labels import labels_of
 from training import data as datasets
 from training.evaluate import (
     accuracy,
@@ -197,7 +198,7 @@ class ImageTask(Task):
 
     def final_metrics(self, run_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
         logits = self._logits()
-        pred = logits.argmax(1)
+        pred = labels_of(logits)
         matrix = confusion_matrix(pred, self.test_y, 10)
         png = plot_confusion(matrix, self.spec.labels, run_dir / "confusion.png",
                              f"{self.spec.name}: test confusion matrix")
@@ -263,7 +264,7 @@ class TabularTask(Task):
 
     def final_metrics(self, run_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
         prob = self._probs()
-        pred = (prob >= 0.5).astype(np.int64)
+        pred = labels_of(prob)
         matrix = confusion_matrix(pred, self.test_y.astype(np.int64), 2)
         png = plot_confusion(matrix, self.spec.labels, run_dir / "confusion.png",
                              f"{self.spec.name}: held-out confusion matrix")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from models.labels import labels_of
 from services.rollout.state import Limits, ModelRollout
 
 SAMPLES = 256  # recent latencies kept per version for display percentiles
@@ -132,13 +133,6 @@ class Agreement:
     def to_json(self) -> dict[str, Any]:
         diff = self.max_abs_diff if math.isfinite(self.max_abs_diff) else None  # JSON has no inf
         return {**asdict(self), "max_abs_diff": diff, "agreement": self.rate}
-
-
-def labels_of(output: np.ndarray) -> np.ndarray:
-    flat = output.reshape(output.shape[0], -1)
-    if flat.shape[1] == 1:  # a probability of the positive class
-        return flat[:, 0] >= 0.5
-    return flat.argmax(axis=1)
 
 
 def compare(stable: np.ndarray, candidate: np.ndarray) -> tuple[int, int, float]:

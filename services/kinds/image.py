@@ -1,0 +1,229 @@
+"""The image classifier kind: [N, C, H, W] pixels → class scores, probabilities and labels.
+
+``/v1`` predict takes JSON tensors (``{"instances": [N,C,H,W]}``; with one channel also
+``[N,H,W]`` and ``[N,H*W]``; floats in [0, 1] or 0–255 integers), an ``.npy`` body, one
+``image/*`` body or multipart ``images`` files of any size; optional ``top_k`` (1–10). Photos
+become model inputs in one of two ways (contract A, ``preprocessing.image``): ``digits`` — the
+lecture MNIST models, and imported [N,1,28,28] models that ask for it — goes through Podium's
+digit pipeline (``services.digits``); any other image model gets the photo converted to its
+channels and resized to its H×W, in [0, 1]. Pixels then take the model's ``mean``/``std`` when
+it states them (``(x - mean) / std`` per channel), photos and tensors alike.
+
+``/v2``: the model's input, FP32 in [0,1] or UINT8 0–255 → its scores (FP32 [-1,K]),
+``probabilities`` FP32 [-1,K] and ``label`` BYTES [-1].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import Response
+
+from models.labels import labels_of
+from services import codecs, digits
+from services.errors import InvalidInput, PayloadTooLarge, clip
+from services.http import media_type, parse_json
+from services.kinds.base import (
+    BINARY,
+    NPY_TYPES,
+    Call,
+    Kind,
+    Port,
+    check_items,
+    labels_bytes,
+    npy_response,
+    unsupported,
+)
+from services.kinds.registry import register
+
+if TYPE_CHECKING:
+    from services.config import ServeConfig
+    from services.dataplane import DataPlane
+    from services.repository import LoadedVersion
+
+MAX_FORM_FIELDS = 64  # non-file parts of a multipart body (top_k is the only one read)
+MAX_TOP_K = 10
+
+
+@functools.cache
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+
+async def _off_loop(config: ServeConfig, fn: Callable[..., Any], *args: Any) -> Any:
+    """Image decoding is CPU-bound for as long as the images are large: it runs in a bounded
+    pool so that the event loop (health checks, every other request) never waits for it."""
+    pool = _decode_pool(config.image_decode_threads())
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def _multipart_images(request: Request, body: bytes, limit: int
+                            ) -> tuple[list[tuple[str, bytes]], Any]:
+    """The files (named ``field[filename]``, the name clipped) and ``top_k`` of a multipart body."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    if not 1 <= len(params.get(b"boundary", b"")) <= 70:  # RFC 2046
+        raise InvalidInput("multipart/form-data needs a boundary parameter of 1 to 70 characters",
+                           field="Content-Type")
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=limit, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many"):
+            raise PayloadTooLarge(f"multipart body: {exc.message} (max_items_per_request files, "
+                                  f"{MAX_FORM_FIELDS} fields)", field="body") from None
+        raise InvalidInput(f"malformed multipart body: {exc.message}", field="body") from None
+    files = [(f"{key}[{clip(value.filename)}]" if value.filename else key, await value.read())
+             for key, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        raise InvalidInput("no file part in the multipart body (is its boundary the one declared "
+                           "in Content-Type?)", field="images")
+    return files, form.get("top_k")
+
+
+def _top_k(raw: Any, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"top_k must be an integer from 1 to {MAX_TOP_K}", field="top_k") from None
+    if isinstance(raw, bool) or not 1 <= k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be an integer from 1 to {MAX_TOP_K}", field="top_k")
+    return k
+
+
+@register
+class ImageClassifier(Kind):
+    name = "image"
+    max_batch = 256
+    gpu_max_batch = 1024
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        channels, height, width = spec.inputs[0].shape[1:]
+        self.shape: tuple[int, int, int] = (channels, height, width)
+        # Lecture models state no "image" preprocessing: they are the MNIST digit models.
+        pre = spec.preprocessing.get("image")
+        self.digits: bool = pre is None or bool(pre.get("digits"))
+        self.mean = self._per_channel((pre or {}).get("mean"))
+        self.std = self._per_channel((pre or {}).get("std"))
+        self.classes: int = spec.outputs[0].shape[-1]
+        self.labels: tuple[str, ...] = spec.labels or tuple(str(i) for i in range(self.classes))
+
+    def _per_channel(self, values: list[float] | None) -> np.ndarray | None:
+        return None if values is None else np.asarray(values, np.float32).reshape(-1, 1, 1)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _photo(self, image: Any) -> np.ndarray:
+        return digits.mnist_digit(image) if self.digits else codecs.photo_tensor(image, self.shape)
+
+    async def _decode(self, call: Call) -> tuple[np.ndarray, Any]:
+        """The request's images as [N, C, H, W] pixels in [0, 1], and its ``top_k`` if given."""
+        cfg, request = call.plane.config, call.request
+        body = await call.body()
+        media = media_type(request)
+        if media == "application/json":
+            payload = parse_json(body)
+            if not isinstance(payload, dict):
+                raise InvalidInput("expected a JSON object with 'instances'", field="body")
+            key = "instances" if "instances" in payload else "inputs"
+            if key not in payload:
+                shapes = ", ".join(str([-1, *s]) for s in codecs.image_shapes(self.shape))
+                raise InvalidInput(f"missing 'instances': a tensor of one of the shapes {shapes} "
+                                   f"(-1: the batch)", field="instances")
+            images = codecs.decode_json_images(payload[key], cfg.max_items_per_request, key, self.shape)
+            return images, payload.get("top_k")
+        if media in NPY_TYPES:
+            return codecs.decode_npy(body, cfg.max_items_per_request, self.shape), None
+        limits = (cfg.max_items_per_request, cfg.max_image_pixels, cfg.max_request_pixels, self._photo)
+        if media.startswith("image/"):
+            return await _off_loop(cfg, codecs.decode_images, [("body", body)], *limits), None
+        if media == "multipart/form-data":
+            files, top_k = await _multipart_images(request, body, cfg.max_items_per_request)
+            return await _off_loop(cfg, codecs.decode_images, files, *limits), top_k
+        raise unsupported(request, "application/json, application/x-npy, image/* or "
+                                   "multipart/form-data")
+
+    def _normalized(self, pixels: np.ndarray) -> np.ndarray:
+        if self.mean is not None:
+            pixels = pixels - self.mean
+        if self.std is not None:
+            pixels = pixels / self.std
+        return pixels.astype(np.float32, copy=False)
+
+    async def _scores(self, plane: DataPlane, loaded: LoadedVersion, pixels: np.ndarray) -> np.ndarray:
+        (scores,) = await plane.infer(loaded, {self.spec.inputs[0].name: self._normalized(pixels)})
+        return scores.reshape(scores.shape[0], -1)
+
+    # -- /v1 ------------------------------------------------------------------------------------
+    async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
+        images, top_k = await self._decode(call)
+        request = call.request
+        k = min(_top_k(top_k if top_k is not None else request.query_params.get("top_k"),
+                       call.plane.config.top_k_default), self.classes)
+        probs = codecs.softmax(await self._scores(call.plane, call.loaded, images))
+        if call.wants_npy:
+            return npy_response(probs.astype(np.float32, copy=False))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        top = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, once
+        labels, first = self.labels, "digit" if self.digits else "class"
+        predictions = [
+            {first: row[0], "label": labels[row[0]], "probability": p[0],
+             "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
+            for row, p in zip(order.tolist(), top, strict=True)]
+        if self.digits and request.query_params.get("preview") in ("1", "true"):
+            for prediction, image in zip(predictions, images, strict=True):  # issue 12: what the model saw
+                prediction["preview"] = digits.preview_png(image)
+        return {"predictions": predictions}
+
+    # -- /v2 ------------------------------------------------------------------------------------
+    def inputs(self) -> tuple[Port, ...]:
+        return (Port(self.spec.inputs[0].name, "FP32", (-1, *self.shape), ("UINT8",)),)
+
+    def outputs(self) -> tuple[Port, ...]:
+        return (Port(self.spec.outputs[0].name, "FP32", (-1, self.classes)),
+                Port("probabilities", "FP32", (-1, self.classes)), Port("label", "BYTES", (-1,)))
+
+    async def infer(self, plane: DataPlane, loaded: LoadedVersion, inputs: dict[str, np.ndarray],
+                    parameters: dict[str, Any], wanted: set[str]) -> dict[str, np.ndarray]:
+        (port,) = self.inputs()
+        image = inputs[port.name]
+        if image.ndim < 2 or image.shape[1:] not in codecs.image_shapes(self.shape):
+            send = " or ".join(str([-1, *s]) for s in codecs.image_shapes(self.shape))
+            raise InvalidInput(f"input {port.name!r}: shape {list(image.shape)} is not a batch of "
+                               f"{'×'.join(map(str, self.shape))} images; send {send}",
+                               field=f"{port.name}.shape")
+        check_items(image.shape[0], "images", plane.config.max_items_per_request)
+        pixels = codecs.normalize_pixels(image.reshape(-1, *self.shape), port.name)
+        scores = await self._scores(plane, loaded, pixels)
+        out = {self.spec.outputs[0].name: scores}
+        if "probabilities" in wanted:
+            out["probabilities"] = codecs.softmax(scores).astype(np.float32, copy=False)
+        if "label" in wanted:
+            out["label"] = labels_bytes(self.labels, labels_of(scores))
+        return out
+
+    # -- OpenAPI --------------------------------------------------------------------------------
+    @classmethod
+    def request_bodies(cls, endpoint: str) -> dict[str, dict[str, Any]]:
+        return {
+            "application/json": {"schema": {"type": "object"}, "examples": {
+                "mnist tensor": {"value": {"instances": [[0.0] * 784], "top_k": 3}}}},
+            "application/x-npy": BINARY, "image/png": BINARY, "image/jpeg": BINARY,
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}}},
+                "encoding": {"images": {"contentType": "image/*"}}}}

@@ -1,0 +1,204 @@
+"""The one route table of Podium's HTTP API, and the apps built from it.
+
+Each ``Route`` names its path, its handler and how it is documented. From the table come
+
+- ``hot_app(plane)``: the inference routes (``/v1`` predict/generate/next, ``/v2`` infer) as a
+  plain Starlette app, mounted in front — FastAPI's per-request machinery (parameter solving,
+  its middlewares) was over a quarter of the event loop under load (results/bench/NOTES.md);
+- ``create_app(plane)``: every route, as a FastAPI app (BentoML reads its OpenAPI schema for
+  ``/docs.json`` and the index page; it serves the routes the hot app does not match). In
+  tests, the whole API in-process.
+
+Every handler is wrapped once (``wrap``): it takes an ``Exchange`` and returns a JSON object or a
+response; the wrapper maps errors to their status (``services.http.error_response``), records
+the request in the metrics (routes with a ``metric``) and adds the answering version's headers.
+The OpenAPI schema names the served models as an enum per route and takes each kind's request
+bodies (``Kind.request_bodies``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from services import admin, app, protocol
+from services.http import (
+    ERROR_RESPONSES,
+    JSON,
+    MODEL_HEADER,
+    VERSION_HEADER,
+    Exchange,
+    Timer,
+    error_response,
+)
+from services.kinds import KINDS
+
+if TYPE_CHECKING:
+    from services.dataplane import DataPlane
+
+Handler = Callable[..., Awaitable[Any]]
+ALL = "*"  # a route about any served model (its name enum lists them all)
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    method: str
+    handler: Handler
+    tag: str
+    summary: str
+    description: str = ""
+    metric: str | None = None  # the endpoint label of its requests in the metrics; None: not recorded
+    hot: bool = False  # served by the plain Starlette app, ahead of FastAPI
+    serves: str | None = None  # the /v1 endpoint of the kinds (predict, ...) or ALL: a model route
+
+    def openapi(self, served: dict[str, str]) -> dict[str, Any]:
+        """This route's OpenAPI additions: its path parameters (the model names it serves as an
+        enum) and the request bodies of the kinds that serve it."""
+        if self.serves is None:
+            return {}
+        kinds = {kind for kind in served.values()
+                 if self.serves == ALL or self.serves in KINDS[kind].endpoints}
+        names = [name for name, kind in served.items() if kind in kinds]
+        name_schema: dict[str, Any] = {"type": "string", **({"enum": names} if names else {})}
+        parameters = [{"name": "name", "in": "path", "required": True, "schema": name_schema,
+                       "description": "a served model"}]
+        if "{version}" in self.path:
+            parameters.append({"name": "version", "in": "path", "required": True,
+                               "schema": {"type": "string"},
+                               "description": "a loaded version (a unique prefix will do)"})
+        extra: dict[str, Any] = {"parameters": parameters}
+        if self.serves != ALL:
+            content: dict[str, Any] = {}
+            answers: dict[str, Any] = {}
+            for kind in sorted(kinds):
+                for media, body in KINDS[kind].request_bodies(self.serves).items():
+                    content.setdefault(media, body)  # the first kind's example per media type
+                answers.update(KINDS[kind].answers(self.serves))
+            if content:
+                extra["requestBody"] = {"required": True, "content": content}
+            if answers:
+                extra["responses"] = {"200": {"description": "the answer", "content": answers}}
+        return extra
+
+
+def _model_routes(prefix: str, tag: str, items: list[tuple[str, str, Handler, str, dict[str, Any]]]
+                  ) -> list[Route]:
+    """Each (suffix, method, handler, summary, options) for a model and for one of its versions."""
+    return [Route(f"{prefix}/models/{{name}}{version}{suffix}", method, handler, tag, summary, **options)
+            for version in ("", "/versions/{version}")
+            for suffix, method, handler, summary, options in items]
+
+
+V1, V2, ADMIN = "Podium", "Open Inference Protocol", "Admin"
+TABLE: list[Route] = [
+    *_model_routes("/v1", V1, [
+        ("/predict", "POST", app.kind_endpoint("predict"),
+         "Predict: rows, images (JSON tensors, .npy, image/*, multipart), or named tensors",
+         {"metric": "predict", "hot": True, "serves": "predict", "description":
+          "diabetes: `{\"rows\": [...]}` (named fields or 8-number lists). Image models: JSON "
+          "`{\"instances\": [N,C,H,W]}` (MNIST also [N,28,28] or [N,784]; floats in [0,1] or "
+          "0–255 integers), an `.npy` body, one `image/*` body, or multipart `images` of any "
+          "size; optional `top_k` (1–10); `?preview=1` (MNIST) adds each model input as a base64 "
+          "PNG. Tensor models: `{\"inputs\": {name: tensor}}`, `{\"instances\": tensor}` or `.npy` "
+          "(one input)."}),
+        ("/generate", "POST", app.kind_endpoint("generate"), "Text models: generate text from a prompt",
+         {"metric": "generate", "hot": True, "serves": "generate", "description":
+          "`prompt`, `max_new_chars`, `temperature` in (0, 5], `top_k`, `seed` (the same seed gives "
+          "the same text)."}),
+        ("/next", "POST", app.kind_endpoint("next"),
+         "Text models: the next-character distribution after a prompt",
+         {"metric": "next", "hot": True, "serves": "next"}),
+        ("/ready", "GET", app.model_ready, "Per-model readiness (200 ready, 404 unknown, 503 loading)",
+         {"serves": ALL}),
+    ]),
+    Route("/v1/models", "GET", app.list_models, V1, "Loaded models and versions"),
+    Route("/v1/models/{name}", "GET", app.model_info, V1,
+          "A model's kind, signature, labels, versions and headline metric", serves=ALL),
+    Route("/v2", "GET", protocol.server_metadata, V2, "Server metadata: name, version, protocol extensions"),
+    Route("/v2/health/live", "GET", protocol.live, V2, "Liveness (200 = live)"),
+    Route("/v2/health/ready", "GET", protocol.ready, V2,
+          "Readiness: 200 once every model is loaded and warm, else 503"),
+    *_model_routes("/v2", V2, [
+        ("", "GET", protocol.model_metadata, "Model metadata: platform, versions, input and output tensors",
+         {"serves": ALL}),
+        ("/ready", "GET", protocol.model_ready, "Model readiness (200 ready, 404 unknown, 503 loading)",
+         {"serves": ALL}),
+        ("/config", "GET", protocol.model_config, "Triton-style model configuration (for perf_analyzer)",
+         {"serves": ALL}),
+        ("/infer", "POST", protocol.infer, "Inference: JSON tensors or the binary tensor extension",
+         {"metric": "infer", "hot": True, "serves": ALL, "description":
+          "OIP request `{\"id\", \"inputs\": [{\"name\", \"datatype\", \"shape\", \"data\"}], "
+          "\"outputs\": [{\"name\"}], \"parameters\"}`; binary tensors follow the JSON header "
+          "(`Inference-Header-Content-Length`, `parameters.binary_data_size`). Text models take "
+          "`max_new_chars`, `temperature`, `top_k`, `seed` as request parameters; "
+          "`GET /v2/models/{name}` lists each model's tensors."}),
+    ]),
+    Route("/admin/rollout", "GET", admin.status, ADMIN,
+          "Rollout status of every served model (token required)"),
+    Route("/admin/rollout/{name}", "GET", admin.status, ADMIN,
+          "A model's versions, traffic shares, outcomes and events", serves=ALL),
+    Route("/admin/rollout/{name}/analysis", "GET", admin.analysis, ADMIN,
+          "The automatic-rollback verdict over every replica, as JSON", serves=ALL),
+    Route("/admin/rollout/{name}/start", "POST", admin.start, ADMIN,
+          "Start a canary (percent of traffic) or shadow rollout", serves=ALL),
+    Route("/admin/rollout/{name}/promote", "POST", admin.promote, ADMIN,
+          "Make the candidate (or a named version) the stable version", serves=ALL),
+    Route("/admin/rollout/{name}/rollback", "POST", admin.rollback, ADMIN,
+          "Abort the rollout, or return to the previous stable version", serves=ALL),
+]
+
+
+def wrap(plane: DataPlane, route: Route) -> Callable[[Request], Awaitable[Response]]:
+    """``route``'s handler as an ASGI endpoint: errors → their status, metrics, version headers."""
+    handler, metric = route.handler, route.metric
+
+    async def endpoint(request: Request) -> Response:
+        ex = Exchange(plane, request, Timer(plane.metrics, metric) if metric else None)
+        try:
+            result = await handler(ex, **request.path_params)
+        except Exception as exc:  # mapped to one status in services.http
+            result = error_response(exc)
+        loaded = ex.loaded
+        if not isinstance(result, Response):  # the common case: headers given, not set after
+            response: Response = JSON(result, headers=None if loaded is None else {
+                MODEL_HEADER: loaded.name, VERSION_HEADER: loaded.version})
+        else:
+            response = result
+            if loaded is not None:
+                response.headers[MODEL_HEADER] = loaded.name
+                response.headers[VERSION_HEADER] = loaded.version
+        if ex.timer is not None:
+            ex.timer.done(response.status_code)
+        return response
+
+    return endpoint
+
+
+def hot_app(plane: DataPlane) -> Starlette:
+    """The inference routes without FastAPI (mounted in front of ``create_app``)."""
+    return Starlette(routes=[StarletteRoute(r.path, wrap(plane, r), methods=[r.method])
+                             for r in TABLE if r.hot])
+
+
+def create_app(plane: DataPlane, served: dict[str, str] | None = None) -> FastAPI:
+    """Every route of the table, documented. ``served``: model name → kind, for the OpenAPI
+    enums and bodies (default: the plane's configured models, their kinds read from the
+    catalog or the store)."""
+    from services.repository import served_kinds
+
+    if served is None:
+        served = served_kinds(plane.config.models) if plane.config is not None else {}
+    api = FastAPI(title="Podium", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    for route in TABLE:
+        api.add_api_route(route.path, wrap(plane, route), methods=[route.method], tags=[route.tag],
+                          summary=route.summary, description=route.description,
+                          responses=ERROR_RESPONSES, openapi_extra=route.openapi(served) or None)
+    return api
