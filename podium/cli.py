@@ -133,13 +133,16 @@ def _train(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from training.register import use_store
 
-    for name in args.names:
-        get_spec(name)
     home = use_store(args.store)
     from models.artifacts import list_versions
+    from models.catalog import imported_names
 
+    known = [*MODEL_NAMES, *imported_names()]  # imported models (podium import) are listed too
+    for name in args.names:
+        if name not in known:
+            get_spec(name)  # raises UnknownModel, naming the catalog's models
     rows: list[dict[str, Any]] = []
-    for name in args.names or MODEL_NAMES:
+    for name in args.names or known:
         for v in list_versions(name):
             head = v.metadata.get("headline", {})
             rows.append({"name": v.name, "version": v.version, "created": v.creation_time,

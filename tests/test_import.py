@@ -6,6 +6,7 @@ that replaces torch.jit's FutureWarnings."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def test_onnx_image_classifier_twice_is_two_versions(store: Path, files: dict[st
     assert meta["check"] == {"random_batch": 3, "outputs_finite": True, "runs": [1, 3]}
     assert meta["sha256"] == {"model.onnx": sha256_file(one["dir"] / "model.onnx")}
     assert two["metadata"]["description"] == "again" and two["metadata"]["labels"] == []
+    listed = json.loads(run_podium("models", "tiny-cnn", "--json", store=store).stdout)
+    assert sorted(row["version"] for row in listed) == sorted(v["version"] for v in (one, two))
 
 
 def test_torchscript_is_exported_with_the_parity_proof(store: Path, files: dict[str, Path]) -> None:
