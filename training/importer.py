@@ -23,6 +23,7 @@ import numpy as np
 
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE, sha256_file
 from models.catalog import CATALOG, TensorSpec
+from training.register import code_revision, register
 
 KINDS = ("image", "tabular", "tensor")
 CHECK_BATCH = 3  # the random check runs batch 1 and this: a batch axis that is really variable
@@ -77,8 +78,6 @@ def import_model(request: ImportRequest) -> str:
     The store (BENTOML_HOME) must already be chosen (``training.register.use_store``).
     Raises ImportRefused, with nothing stored, when any check fails.
     """
-    from training.register import register
-
     with tempfile.TemporaryDirectory(prefix="podium-import-") as work:
         files, metadata = prepare(request, Path(work))
         return register(request.name, files, metadata, labels=SOURCE_LABEL)
@@ -96,7 +95,7 @@ def prepare(request: ImportRequest, work: Path) -> tuple[dict[str, Path], dict[s
     examples = [_load_npy(p) for p in request.examples]
     source = {"filename": request.path.name, "sha256": sha256_file(request.path)}
     files: dict[str, Path] = {"onnx": work / ONNX_FILE}
-    parity = None
+    module, parity = None, None
     if data.startswith(_ZIP_MAGIC):
         source["format"] = "torchscript"
         files["torchscript"] = Path(shutil.copy2(request.path, work / TORCHSCRIPT_FILE))
@@ -110,13 +109,11 @@ def prepare(request: ImportRequest, work: Path) -> tuple[dict[str, Path], dict[s
     preprocessing = _preprocessing(graph, kind, request.mean, request.std)
     files["onnx"].write_bytes(graph.model.SerializeToString())
     run = _run_checks(graph, files["onnx"], examples)
-    if source["format"] == "torchscript":
+    if module is not None:
         parity = _prove_parity(request, module, graph, files["onnx"], examples, kind)
     source.update(opset=_opset(graph.model),
                   producer=f"{graph.model.producer_name} {graph.model.producer_version}".strip()
                   or "unknown")
-    from training.register import code_revision
-
     metadata: dict[str, Any] = {
         "kind": kind,
         "signature": {"inputs": [t.to_dict() for t in graph.inputs],
