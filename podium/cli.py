@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from podium import rollout_cli
 
     rollout_cli.add_parser(sub)
+    _add_import_parser(sub)
     return parser
 
 
@@ -132,13 +133,16 @@ def _train(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from training.register import use_store
 
-    for name in args.names:
-        get_spec(name)
     home = use_store(args.store)
     from models.artifacts import list_versions
+    from models.catalog import imported_names
 
+    known = [*MODEL_NAMES, *imported_names()]  # imported models (podium import) are listed too
+    for name in args.names:
+        if name not in known:
+            get_spec(name)  # raises UnknownModel, naming the catalog's models
     rows: list[dict[str, Any]] = []
-    for name in args.names or MODEL_NAMES:
+    for name in args.names or known:
         for v in list_versions(name):
             head = v.metadata.get("headline", {})
             rows.append({"name": v.name, "version": v.version, "created": v.creation_time,
@@ -173,7 +177,68 @@ def _rollout(args: argparse.Namespace) -> int:
     return rollout_cli.run(args)
 
 
-COMMANDS = {"train": _train, "models": _models, "serve": _serve, "rollout": _rollout}
+# --- podium import (issue 14: bring your own model) ----------------------------------------
+
+
+def _batch_axis(text: str) -> tuple[str, int]:
+    name, sep, axis = text.rpartition("=")
+    if not sep or not name or not axis.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not TENSOR=AXIS (e.g. input=0)")
+    return name, int(axis)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _add_import_parser(sub: Any) -> None:
+    i = sub.add_parser("import", help="register your own ONNX or TorchScript model as a new version",
+                       description="Check an ONNX file (or a TorchScript file with an example input, "
+                       "exported to ONNX with a parity proof) and register it as a new version.")
+    i.add_argument("path", metavar="PATH", help="model.onnx, or a TorchScript archive (.pt/.ts)")
+    i.add_argument("--name", required=True, help="model name in the store, the URLs and the metrics")
+    i.add_argument("--kind", choices=("image", "tabular", "tensor"),
+                   help="how it is served (default: image for [N,C,H,W] → [N,K], else tensor)")
+    i.add_argument("--labels", metavar="FILE", help="class names: one per line, or a JSON list")
+    i.add_argument("--batch-axis", metavar="TENSOR=AXIS", type=_batch_axis, action="append",
+                   default=[], help="the batch axis of a tensor whose axis 0 is not variable")
+    i.add_argument("--example-input", metavar="FILE.npy", action="append", default=[],
+                   help="one per input, in order; required for TorchScript (export and parity)")
+    i.add_argument("--description", default="", help="one line shown with the model")
+    i.add_argument("--mean", type=_floats, metavar="M,...", help="image kinds: per-channel mean")
+    i.add_argument("--std", type=_floats, metavar="S,...", help="image kinds: per-channel std")
+    i.add_argument("--parity-tolerance", type=_positive_float,
+                   help="TorchScript: largest |Δ| allowed between ONNX and TorchScript (default: 1e-4)")
+    _add_store(i)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.importer import ImportRefused, ImportRequest, import_model
+    from training.register import StoreError, use_store
+
+    try:
+        use_store(args.store)
+        request = ImportRequest(
+            path=Path(args.path), name=args.name, kind=args.kind,
+            labels_file=Path(args.labels) if args.labels else None,
+            batch_axes=dict(args.batch_axis), examples=tuple(Path(p) for p in args.example_input),
+            description=args.description, mean=args.mean, std=args.std,
+            parity_tolerance=args.parity_tolerance)
+        tag = import_model(request)
+    except (StoreError, ImportRefused, OSError) as exc:
+        print(f"podium import: {exc}", file=sys.stderr)
+        return 1
+    print(f"registered {tag}")
+    return 0
+
+
+COMMANDS = {"train": _train, "models": _models, "serve": _serve, "rollout": _rollout,
+            "import": _import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,23 +2,29 @@
 
 The exported module is the *serving* module: preprocessing inside, the signature of the catalog.
 Parity runs on held-out data (the whole test set for classifiers); a run that fails it is not
-registered.
+registered. torch is imported inside the functions that use it: `podium import model.onnx` uses
+the ONNX Runtime parts only and starts seconds sooner without it.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
 from models.labels import labels_of
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MAX_ABS_DIFF = 1e-4  # on logits (or probabilities for diabetes), ONNX Runtime and TorchScript vs eager
 MIN_ARGMAX_AGREEMENT = 1.0  # classifiers: every test example must get the same label
@@ -35,17 +41,32 @@ def _export_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
 
 def export_onnx(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
     inputs, outputs = _export_names(spec)
+    if spec.kind == "text":
+        # The TorchScript-based exporter keeps a native ONNX GRU with both batch and time
+        # symbolic; the dynamo exporter specialises the output's time axis to the example's.
+        return write_onnx(module, example, path, inputs, outputs, dynamic_axes={
+            "tokens": {0: "batch", 1: "time"}, "state": {1: "batch"},
+            "logits": {0: "batch", 1: "time"}, "state_out": {1: "batch"}})
+    return write_onnx(module, example, path, inputs, outputs)
+
+
+def write_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
+               outputs: list[str], dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
+    """Write one self-contained ONNX file of ``module`` at opset ONNX_OPSET.
+
+    With ``dynamic_axes`` the TorchScript-based exporter runs (it is the one that takes
+    ScriptModules and keeps recurrent ops whole); without, the dynamo exporter with a dynamic
+    batch on axis 0 of the one input.
+    """
+    import torch
+
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if spec.kind == "text":
-            # The TorchScript-based exporter keeps a native ONNX GRU with both batch and time
-            # symbolic; the dynamo exporter specialises the output's time axis to the example's.
-            torch.onnx.export(
-                module, example, str(path), input_names=inputs, output_names=outputs,
-                dynamic_axes={"tokens": {0: "batch", 1: "time"}, "state": {1: "batch"},
-                              "logits": {0: "batch", 1: "time"}, "state_out": {1: "batch"}},
-                opset_version=ONNX_OPSET, dynamo=False, external_data=False)
+        if dynamic_axes is not None:
+            torch.onnx.export(module, example, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False,
+                              external_data=False)
         else:
             batch = torch.export.Dim("batch", min=1, max=1 << 16)
             torch.onnx.export(
@@ -55,9 +76,41 @@ def export_onnx(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor,
     return path
 
 
+# torch 2.14 marks all of torch.jit deprecated and says so on every trace, trace_method and load:
+# three FutureWarnings per exported model. Podium writes and reads TorchScript on purpose (its
+# TorchScript runtime serves model.ts), so those warnings become one line per process instead.
+_JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+TORCHSCRIPT_NOTE = ("podium: note: torch marks torch.jit (TorchScript) as deprecated; Podium still "
+                    "writes and reads model.ts on purpose, for its TorchScript runtime "
+                    "(ONNX Runtime stays the default)")
+
+
+@functools.cache
+def _note_torchscript_once() -> None:
+    print(TORCHSCRIPT_NOTE, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def deliberate_torchscript() -> Iterator[None]:
+    """Use TorchScript without torch's deprecation flood: one note per process, others untouched."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
+        yield
+    _note_torchscript_once()
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    import torch
+
+    with deliberate_torchscript():
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
 def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
+    import torch
+
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), deliberate_torchscript():
         scripted = torch.jit.trace(module, example, check_trace=False)
     scripted.save(str(path))
     return path
@@ -73,26 +126,32 @@ def export_all(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor, 
 Runner = Callable[[tuple[np.ndarray, ...]], list[np.ndarray]]
 
 
-def _runners(spec: ModelSpec, module: nn.Module, files: dict[str, Path]) -> dict[str, Runner]:
+def torch_runner(fn: Callable[..., Any]) -> Runner:
+    """Run a torch module (eager or TorchScript) on NumPy arrays; a tuple output becomes a list."""
+    import torch
+
+    def run(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = fn(*(torch.from_numpy(a) for a in arrays))
+        return [o.numpy() for o in (out if isinstance(out, tuple | list) else (out,))]
+    return run
+
+
+def onnx_runner(path: Path, inputs: list[str]) -> Runner:
+    """Run an ONNX graph in ONNX Runtime on the CPU, feeding ``inputs`` in order."""
     import onnxruntime as ort
 
-    inputs, _ = _export_names(spec)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
-    scripted = torch.jit.load(str(files["torchscript"]))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda arrays: session.run(None, dict(zip(inputs, arrays, strict=True)))
 
-    def torch_runner(fn: Callable[..., Any]) -> Runner:
-        def run(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-            with torch.no_grad():
-                out = fn(*(torch.from_numpy(a) for a in arrays))
-            return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
-        return run
 
+def _runners(spec: ModelSpec, module: nn.Module, files: dict[str, Path]) -> dict[str, Runner]:
     return {
         "eager": torch_runner(module.eval()),
-        "torchscript": torch_runner(scripted),
-        "onnxruntime": lambda arrays: session.run(None, dict(zip(inputs, arrays, strict=True))),
+        "torchscript": torch_runner(load_torchscript(files["torchscript"])),
+        "onnxruntime": onnx_runner(files["onnx"], _export_names(spec)[0]),
     }
 
 
@@ -105,41 +164,60 @@ def prove_parity(spec: ModelSpec, module: nn.Module, files: dict[str, Path],
     returned state, so the comparison covers long sequences the way a server generates.
     Raises ParityError when a threshold is missed; returns the figures otherwise.
     """
-    runners = _runners(spec, module, files)
-    worst = {name: 0.0 for name in runners if name != "eager"}
-    agree = {name: 0 for name in worst}
+    return compare_runtimes(spec.name, _runners(spec, module, files), batches,
+                            enforce_labels=spec.is_classifier, chain_state=chain_state,
+                            tolerance=tolerance)
+
+
+def compare_runtimes(name: str, runners: dict[str, Runner], batches: Iterable[tuple[np.ndarray, ...]],
+                     enforce_labels: bool, chain_state: bool = False,
+                     tolerance: float = MAX_ABS_DIFF) -> dict[str, Any]:
+    """The parity proof: every runner but ``eager`` against ``eager`` (see prove_parity).
+
+    The labels of the first output (the serving label rule) must agree everywhere when
+    ``enforce_labels`` (classifiers); otherwise their agreement is only reported.
+    """
+    worst = {runtime: 0.0 for runtime in runners if runtime != "eager"}
+    agree = {runtime: 0 for runtime in worst}
     total = 0
     state: dict[str, np.ndarray] = {}
     for batch in batches:
         results = {}
-        for name, run in runners.items():
+        for runtime, run in runners.items():
             feed = batch
-            if chain_state and name in state:
-                feed = (batch[0], state[name])
-            results[name] = run(feed)
+            if chain_state and runtime in state:
+                feed = (batch[0], state[runtime])
+            results[runtime] = run(feed)
             if chain_state:
-                state[name] = results[name][-1]
+                state[runtime] = results[runtime][-1]
         ref = results["eager"]
         ref_label = _labels(ref[0])
         total += ref_label.size
-        for name in worst:
-            for got, want in zip(results[name], ref, strict=True):
-                worst[name] = max(worst[name], float(np.abs(got - want).max()))
-            agree[name] += int((_labels(results[name][0]) == ref_label).sum())
+        for runtime in worst:
+            for got, want in zip(results[runtime], ref, strict=True):
+                worst[runtime] = max(worst[runtime], _max_abs_diff(got, want))
+            label = _labels(results[runtime][0])
+            if label.shape == ref_label.shape:  # else max |Δ| is already infinite
+                agree[runtime] += int((label == ref_label).sum())
     figures: dict[str, Any] = {"threshold_max_abs_diff": tolerance, "compared": total}
     failures = []
-    for name in worst:
-        agreement = agree[name] / total if total else 0.0
-        figures[name] = {"max_abs_diff": worst[name], "label_agreement": agreement}
-        if not worst[name] <= tolerance:
-            failures.append(f"{name}: max |Δ| {worst[name]:.3g} > {tolerance:g}")
-        if spec.is_classifier and agreement < MIN_ARGMAX_AGREEMENT:
-            failures.append(f"{name}: label agreement {agreement:.4%} < {MIN_ARGMAX_AGREEMENT:.0%}")
+    for runtime in worst:
+        agreement = agree[runtime] / total if total else 0.0
+        figures[runtime] = {"max_abs_diff": worst[runtime], "label_agreement": agreement}
+        if not worst[runtime] <= tolerance:
+            failures.append(f"{runtime}: max |Δ| {worst[runtime]:.3g} > {tolerance:g}")
+        if enforce_labels and agreement < MIN_ARGMAX_AGREEMENT:
+            failures.append(f"{runtime}: label agreement {agreement:.4%} < {MIN_ARGMAX_AGREEMENT:.0%}")
     figures["passed"] = not failures
     if failures:
-        raise ParityError(f"{spec.name}: parity failed, version not registered — "
-                          + "; ".join(failures))
+        raise ParityError(f"{name}: parity failed, version not registered — " + "; ".join(failures))
     return figures
+
+
+def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+    if got.shape != want.shape:  # e.g. an export that fixed the batch size of the example
+        return float("inf")
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0))
 
 
 def _labels(output: np.ndarray) -> np.ndarray:
