@@ -7,13 +7,6 @@
 #                      PNGs. Exits 1 (report: FAIL) when one of issue 15's targets is missed.
 # The machine should be quiet: bench-serve waits up to BENCH_LOAD_WAIT s for the 1-minute load
 # average to fall below BENCH_MAX_LOAD, then measures anyway (each figure records its load).
-BENCH_OUT and are committed (results/bench/).
-#   make bench         raw in-process ONNX Runtime samples/s of every stored model (batch 1/64/256)
-#   make bench-serve   the whole serving benchmark in one run (~10 min): runtime, HTTP ceiling,
-#                      Podium batching on/off per input form and concurrency, .npy 1024, start-up,
-#                      plain BentoML for comparison; report + raw JSON + latency/throughput PNG
-# The machine should be quiet: bench-serve waits up to BENCH_LOAD_WAIT s for the 1-minute load
-# average to fall below BENCH_MAX_LOAD, then measures anyway (each figure records its load).
 BENCH_OUT       ?= results/bench
 BENCH_SECONDS   ?= 8
 BENCH_MAX_LOAD  ?= 2.5
