@@ -616,7 +616,8 @@ def uvicorn(name: str, app: str, workers: int, env: dict[str, str], work: Path, 
 def baselines(result: dict[str, Any], bodies: dict[str, Body], workers: int, work: Path,
               seconds: float, progress: Progress) -> None:
     """The parse ceiling and plain BentoML at Podium's worker count, the naive server at 1 and 2
-    workers, all on the same JSON body, one at a time (Podium's servers idle meanwhile)."""
+    workers with Podium's runtime threads, all on the same JSON body, one at a time (Podium's
+    servers idle meanwhile)."""
     from models.artifacts import get_version
 
     onnx = str(get_version("mnist-cnn").file("model.onnx"))
@@ -628,8 +629,9 @@ def baselines(result: dict[str, Any], bodies: dict[str, Body], workers: int, wor
         result["ceiling"]["workers"] = workers
     result["naive"] = {}
     for n in (1, 2):
-        with uvicorn(f"naive-w{n}", "benchmarks.naive_server:app", n, {"NAIVE_ONNX": onnx}, work,
-                     "/predict", probe) as srv:
+        env = {"NAIVE_ONNX": onnx, "NAIVE_THREADS": str(result["runtime_threads"])}
+        with uvicorn(f"naive-w{n}", "benchmarks.naive_server:app", n, env, work, "/predict",
+                     probe) as srv:
             result["naive"][str(n)] = sweep(f"{srv.url}/predict", body, (1, 64), seconds,
                                             f"naive FastAPI+ORT, {n} worker(s)", progress)
             result["naive"][str(n)]["ready_s"] = srv.ready_s

@@ -2,8 +2,8 @@
 
 FastAPI + ONNX Runtime, one forward per request (no batching), the same JSON body as Podium's
 friendly endpoint (``{"instances": [[784 floats]]}``), answering the digit of each image. Run by
-uvicorn with its access log off and ``NAIVE_WORKERS`` workers; each worker's session gets the
-same intra-op thread rule as Podium's runtime (``NAIVE_THREADS``, default all cores but one).
+uvicorn with its access log off; each worker's session gets ``NAIVE_THREADS`` intra-op threads
+(``bench_serve`` passes Podium's runtime threads; default all cores but one, Podium's rule).
 
     NAIVE_ONNX=/path/to/model.onnx .venv/bin/uvicorn benchmarks.naive_server:app --workers 2 \\
         --no-access-log --port 3200
