@@ -702,16 +702,23 @@ def workers_threads(result: dict[str, Any], store: Path, bodies: dict[str, Body]
                 progress.point(f"workers×threads {name}", point)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.config import ServeConfig
+def podium_threads() -> int:
+    """The ONNX Runtime threads per model of Podium's default configuration, as the servers see
+    it: computed in a child with the servers' environment (no PODIUM_* settings, no config file)."""
+    done = subprocess.run([sys.executable, "-c", "from services.config import ServeConfig; "
+                           "print(ServeConfig().runtime_threads())"], cwd=ROOT, env=clean_env({}),
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
     (ROOT / "results" / "tmp").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=ROOT / "results" / "tmp"))
     seconds = args.seconds
-    threads = ServeConfig().runtime_threads()
+    threads = podium_threads()
     total = (len(CONCURRENCY) + 2 * 2 + 2 + 2 * sum(len(concurrencies(*row)) for row in ROWS)
              + len(GEN_CONCURRENCY) + len(matrix_configs()) * len(MATRIX_CONCURRENCY))
     progress = Progress(total)
