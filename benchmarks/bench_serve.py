@@ -767,6 +767,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"5/7 char-rnn: {', '.join(map(str, GEN_CONCURRENCY))} concurrent generations")
         textgen(result, servers["on"], bodies["gen"], seconds, progress)
         log("6/7 one .npy request of 1024 images, .npy answer asked for (mnist-cnn, default)")
+        # Raw ONNX Runtime once more right beside it (the servers idle), so that the comparison
+        # does not depend on how busy the machine was minutes earlier; the better figure counts.
+        result["runtime_adjacent"] = bench_runtime.run(
+            ("mnist-cnn",), batches=(256, 1024), seconds=args.runtime_seconds, threads=threads,
+            progress=False)
         result["npy1024"] = npy_batch(servers["on"], bodies["npy1024"], args.npy_repeats)
         result["npy1024_uint8"] = npy_batch(servers["on"], bodies["npy1024u8"], args.npy_repeats)
         log(f"npy 1024 float32: {result['npy1024']['images_per_s']:.0f} images/s, answered "
@@ -795,7 +800,9 @@ def _p(result: dict[str, Any], server: str, key: str, c: int) -> dict[str, Any] 
 
 
 def raw_best(result: dict[str, Any], model: str) -> float:
-    points = result["runtime"]["models"].get(model, {}).get("points", [])
+    """The best raw samples/s of ``model`` at any batch, in either runtime measurement."""
+    points = [p for key in ("runtime", "runtime_adjacent")
+              for p in result.get(key, {}).get("models", {}).get(model, {}).get("points", [])]
     return max((p["samples_per_s"] for p in points), default=float("nan"))
 
 
@@ -1089,7 +1096,8 @@ def _section_npy(result: dict[str, Any]) -> list[str]:
             f"({n['response_bytes']:,} B).", "",
             f"- float32 [1024,1,28,28] ({n['bytes'] / 1e6:.1f} MB): median {n['median_ms']:.1f} ms "
             f"→ **{n['images_per_s']:,.0f} images/s = {100 * n['images_per_s'] / raw:.0f} %** of raw "
-            f"ONNX Runtime's best ({raw:,.0f} samples/s, {result['runtime_threads']} thread(s), same run)",
+            f"ONNX Runtime's best ({raw:,.0f} samples/s, {result['runtime_threads']} thread(s), same run: "
+            "the better of the run's start and right before this request)",
             f"- uint8 [1024,28,28] ({n8['bytes'] / 1e6:.1f} MB): median {n8['median_ms']:.1f} ms → "
             f"{n8['images_per_s']:,.0f} images/s = {100 * n8['images_per_s'] / raw:.0f} %"]
 
