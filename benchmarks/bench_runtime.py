@@ -81,24 +81,28 @@ def time_runtime(runtime: Any, feeds: dict[str, np.ndarray], batch: int, seconds
             "p99_ms": float(np.percentile(calls, 99) * 1000)}
 
 
-def open_model(name: str) -> tuple[Any, Any, Any]:
+def open_model(name: str, threads: int = 0) -> tuple[Any, Any, Any]:
+    """The newest stored version of ``name`` in a runtime with ``threads`` intra-op threads on the
+    CPU (0: ONNX Runtime's default, one per core)."""
     from models.artifacts import get_version
     from models.catalog import get_spec
-    from services.runtimes import OnnxRuntime
+    from services.runtimes import DeviceSettings, OnnxRuntime
 
     stored = get_version(name)
-    runtime = OnnxRuntime(stored.file("model.onnx"))  # device auto, ONNX Runtime's default threads
+    runtime = OnnxRuntime(stored.file("model.onnx"), DeviceSettings(cpu_threads=threads))
     return stored, runtime, get_spec(name)
 
 
 def run(models: tuple[str, ...] = MODELS, batches: tuple[int, ...] = BATCHES, seconds: float = 1.0,
-        extra: dict[str, tuple[int, ...]] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Runtime figures for ``models``; ``extra`` adds batches for some models (e.g. 1024)."""
+        extra: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
+        threads: int = 0) -> dict[str, Any]:
+    """Runtime figures for ``models``; ``extra`` adds batches for some models (e.g. 1024);
+    ``threads``: intra-op threads per session (0 = ONNX Runtime's default)."""
     cache: dict[str, np.ndarray] = {}
-    out: dict[str, Any] = {"models": {}, "seconds_per_point": seconds}
+    out: dict[str, Any] = {"models": {}, "seconds_per_point": seconds, "threads": threads}
     for name in models:
         try:
-            stored, runtime, _ = open_model(name)
+            stored, runtime, _ = open_model(name, threads)
         except Exception as exc:  # a model missing from the store is reported, not fatal
             out["models"][name] = {"error": str(exc)}
             if progress:

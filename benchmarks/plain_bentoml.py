@@ -1,11 +1,11 @@
 """A plain BentoML 1.4 service for comparison: ``@bentoml.api(batchable=True)`` with ONNX Runtime on
-mnist-cnn, BentoML's own adaptive batcher and request path, default settings (access log and
-tracing on, as a new user would have them). It takes the same JSON body as Podium's friendly
-endpoint, ``{"instances": [[784 floats]]}``, so the two are measured on identical requests.
+mnist-cnn, BentoML's own adaptive batcher and request path. It is configured as fairly as Podium's
+service (``services/service.py``): access log off, its inference route excluded from tracing, and
+the same number of workers (``BENCH_WORKERS``, which ``bench_serve`` sets to Podium's). It takes
+the same JSON body as Podium's friendly endpoint, ``{"instances": [[784 floats]]}``, so the two are
+measured on identical requests.
 
     BENCH_ONNX=/path/to/model.onnx bentoml serve benchmarks.plain_bentoml:PlainOnnx --port 3100
-
-``BENCH_WORKERS`` sets the worker count (default 1, as Podium's default).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import bentoml
 import numpy as np
 
 
-@bentoml.service(name="plain-onnx", workers=int(os.environ.get("BENCH_WORKERS", "1")))
+@bentoml.service(name="plain-onnx", workers=int(os.environ.get("BENCH_WORKERS", "1")),
+                 logging={"access": {"enabled": False}}, tracing={"excluded_urls": ["/predict"]})
 class PlainOnnx:
     def __init__(self) -> None:
         import onnxruntime as ort

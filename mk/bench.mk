@@ -1,8 +1,10 @@
-# Benchmarks (issues 3 and 4). Results go to BENCH_OUT and are committed (results/bench/).
+# Benchmarks (issues 3, 4 and 15). Results go to BENCH_OUT and are committed (results/bench/).
 #   make bench         raw in-process ONNX Runtime samples/s of every stored model (batch 1/64/256)
-#   make bench-serve   the whole serving benchmark in one run (~10 min): runtime, HTTP ceiling,
-#                      Podium batching on/off per input form and concurrency, .npy 1024, start-up,
-#                      plain BentoML for comparison; report + raw JSON + latency/throughput PNG
+#   make bench-serve   the whole serving benchmark in one run (~10-15 min): runtime, the parse
+#                      ceiling, the naive FastAPI+ORT server (1 and 2 workers), plain BentoML,
+#                      Podium batching on/off per input form, char-rnn chars/s by concurrency,
+#                      .npy 1024 in/out, workers × runtime threads, start-up; report + raw JSON +
+#                      PNGs. Exits 1 (report: FAIL) when one of issue 15's targets is missed.
 # The machine should be quiet: bench-serve waits up to BENCH_LOAD_WAIT s for the 1-minute load
 # average to fall below BENCH_MAX_LOAD, then measures anyway (each figure records its load).
 BENCH_OUT       ?= results/bench

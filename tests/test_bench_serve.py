@@ -1,0 +1,117 @@
+"""The serving benchmark's judgement (issue 15): every "Done when" check can fail, and a missed
+one fails the run. Pure logic, in process, on made-up figures; the run itself is `make
+bench-serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import bench_serve as b
+
+
+def point(rps: float, p99: float = 10.0, c: int = 64) -> dict[str, Any]:
+    return {"ok_rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "error_count": 0, "concurrency": c,
+            "load_avg_1m": 0.5, "ok": int(rps * 8), "total_s": 8.0}
+
+
+def passing() -> dict[str, Any]:
+    """A run that meets every target."""
+    rows = {f"{m}/{f}": {str(c): point(1000.0, 20.0, c) for c in b.concurrencies(m, f)}
+            for m, f in b.ROWS}
+    faster = {k: {c: dict(p, ok_rps=p["ok_rps"] * (1.2 if c == "64" else 1.0)) for c, p in v.items()}
+              for k, v in rows.items()}
+    gen = {str(c): dict(point(10.0, 50.0, c), chars_per_s=1000.0 * (12 if c >= 32 else 1))
+           for c in b.GEN_CONCURRENCY}
+    return {
+        "podium": {"on": {**faster, "models": ["m"] * 6, "workers": 1, "ready_s": 2.0},
+                   "off": {**rows, "models": ["m"] * 6, "workers": 1, "ready_s": 2.0}},
+        "naive": {"1": {"1": point(900, c=1), "64": point(800)},
+                  "2": {"1": point(900, c=1), "64": point(900)}},
+        "ceiling": {"64": point(1300), "workers": 1},
+        "plain_bentoml": {"64": point(300), "workers": 1},
+        "runtime": {"models": {"mnist-cnn": {"points": [{"batch": 1024, "samples_per_s": 100_000}]}}},
+        "runtime_threads": 1,
+        "npy1024": {"images_per_s": 90_000, "response_type": b.NPY},
+        "textgen": {"points": gen},
+        "matrix": {"w1-t1": {"workers": 1, "threads": 1, "64": point(1100)},
+                   "w2-t1": {"workers": 2, "threads": 1, "64": point(1300)}},
+        "ready_s": 2.0,
+    }
+
+
+def test_a_run_meeting_every_target_passes() -> None:
+    verdicts = b.judge(passing())
+    assert not b.missed(verdicts), [v for v in verdicts if v["met"] is False]
+    assert sum(v["met"] is True for v in verdicts) == 9
+    assert "2 worker(s), 1 thread(s)" in verdicts[-1]["measured"]  # the best configuration
+
+
+def _miss_naive(r: dict[str, Any]) -> None:
+    r["naive"]["2"]["64"] = point(900)
+    r["podium"]["on"]["mnist-cnn/json"]["64"]["ok_rps"] = 1.2 * 900
+
+
+def _miss_npy_type(r: dict[str, Any]) -> None:
+    r["npy1024"]["response_type"] = "application/json"
+
+
+def _miss_textgen(r: dict[str, Any]) -> None:
+    r["textgen"]["points"]["32"]["chars_per_s"] = 9_000
+
+
+def _miss_c1(r: dict[str, Any]) -> None:
+    r["podium"]["on"]["mnist-cnn/png"]["1"]["ok_rps"] = 940  # off: 1000
+
+
+@pytest.mark.parametrize(("change", "target"), [
+    (_miss_naive, "naive"),
+    (lambda r: r["ceiling"].update({"64": point(1600)}), "parse ceiling"),
+    (lambda r: r["podium"]["on"]["mnist-cnn/json"]["64"].update(p99_ms=41.0), "p99"),
+    (lambda r: r["npy1024"].update(images_per_s=79_000), ".npy 1,024"),
+    (_miss_npy_type, ".npy 1,024"),
+    (_miss_textgen, "char-rnn"),
+    (_miss_c1, "c=1"),
+    (lambda r: r["podium"]["on"]["mnist-resnet/json"]["64"].update(ok_rps=1000.0), "c=64"),
+    (lambda r: r.update(ready_s=11.0), "ready"),
+])
+def test_each_target_can_fail(change: Any, target: str) -> None:
+    result = passing()
+    change(result)
+    verdicts = b.judge(result)
+    failed = [v["target"] for v in verdicts if v["met"] is False]
+    assert len(failed) == 1 and target in failed[0], failed
+    assert b.missed(verdicts)
+
+
+def test_best_naive_is_its_best_worker_count_at_c64() -> None:
+    result = passing()
+    result["naive"]["1"]["64"] = point(950)
+    assert b.best_naive(result)[0] == "1"
+
+
+HEY_OUTPUT = """
+Summary:
+  Total:\t8.0031 secs
+  Slowest:\t0.0912 secs
+  Fastest:\t0.0004 secs
+  Average:\t0.0301 secs
+  Requests/sec:\t2124.1771
+
+Latency distribution:
+  10%% in 0.0151 secs
+  50%% in 0.0280 secs
+  99%% in 0.0611 secs
+
+Status code distribution:
+  [200]\t16990 responses
+  [503]\t10 responses
+"""
+
+
+def test_hey_output_is_parsed_counting_only_successes() -> None:
+    parsed = b.parse_hey(HEY_OUTPUT)
+    assert parsed["ok"] == 16990 and parsed["status"] == {200: 16990, 503: 10}
+    assert parsed["ok_rps"] == pytest.approx(16990 / 8.0031)
+    assert parsed["p50_ms"] == pytest.approx(28.0) and parsed["p99_ms"] == pytest.approx(61.1)
