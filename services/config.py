@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from models.artifacts import store_home
-from models.catalog import MODEL_NAMES, default_models, imported_names
+from models.catalog import MODEL_NAMES, default_models, imported_kinds
 
 
 def _cores_but_one() -> int:
@@ -202,7 +202,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
         raise ConfigError(f"invalid Podium configuration: {exc}") from None
     unknown = [m for m in config.models if m not in MODEL_NAMES]
     if unknown:  # issue 14: an imported model in the store is known too
-        known = [*MODEL_NAMES, *imported_names()]
+        known = [*MODEL_NAMES, *imported_kinds()]
         if unknown := [m for m in unknown if m not in known]:
             raise ConfigError(f"unknown models in configuration: {unknown}; known: {known}")
     return config
