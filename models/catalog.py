@@ -212,16 +212,32 @@ def spec_from_metadata(name: str, metadata: dict[str, Any]) -> ModelSpec:
                            f"an imported model's (missing or bad {exc})") from None
 
 
-def imported_names() -> list[str]:
-    """Names of the imported models in the store: versions whose metadata names a kind and a
-    signature (contract A), under a name the catalog does not hold."""
-    from models.artifacts import list_versions
+def imported_kinds() -> dict[str, str]:
+    """The imported models in the store, name → kind: Podium versions whose metadata names a kind
+    and a signature (contract A), under a name the catalog does not hold. Read from each model's
+    newest ``model.yaml`` without BentoML, which fixes its store location on first use — so
+    loading a configuration does not pin the store of the process."""
+    import yaml
 
-    return sorted({v.name for v in list_versions() if v.name not in CATALOG
-                   and "kind" in v.metadata and "signature" in v.metadata})
+    from models.artifacts import PODIUM_LABEL, store_home
+
+    root = store_home() / "models"
+    found: dict[str, str] = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name in CATALOG:
+            continue
+        try:
+            version = (folder / "latest").read_text().strip()
+            info = yaml.safe_load((folder / version / "model.yaml").read_text())
+            metadata = info.get("metadata") or {}
+            if (info.get("labels") or {}).get(PODIUM_LABEL) == "true" and "signature" in metadata:
+                found[folder.name] = str(metadata["kind"])
+        except (OSError, yaml.YAMLError, AttributeError, KeyError):
+            continue  # not a model folder, or not one of ours: nothing to serve by default
+    return found
 
 
 def default_models() -> list[str]:
     """What a server serves unless configured otherwise: the lecture models and every imported
     model in the store."""
-    return [*MODEL_NAMES, *imported_names()]
+    return [*MODEL_NAMES, *imported_kinds()]

@@ -134,7 +134,7 @@ def decode_json_images(value: Any, max_items: int, field: str = "instances",
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def read_npy(body: bytes, max_items: int) -> np.ndarray:
+def read_npy(body: bytes, max_items: int, what: str = "items") -> np.ndarray:
     """An ``.npy`` body → an array, without pickle and without allocating: the declared
     shape and dtype are checked against the body's length and the item limit first, then the
     array is a view of the body (``np.load`` would allocate whatever the header declares)."""
@@ -153,7 +153,7 @@ def read_npy(body: bytes, max_items: int) -> np.ndarray:
     if dtype.hasobject:
         raise InvalidInput("object arrays are not accepted (no pickle); send numbers", field="body")
     if shape and shape[0] > max_items:
-        raise PayloadTooLarge(f"{shape[0]} items in one request; the limit is {max_items}",
+        raise PayloadTooLarge(f"{shape[0]} {what} in one request; the limit is {max_items}",
                               field="body")
     data = memoryview(body)[stream.tell():]
     needed = math.prod(shape) * dtype.itemsize
@@ -173,7 +173,8 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 def decode_npy(body: bytes, max_items: int, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     """An ``.npy`` body of images → a checked float32 [N, C, H, W] batch in [0, 1]."""
-    return normalize_pixels(as_image_batch(read_npy(body, max_items), "body", max_items, shape), "body")
+    array = read_npy(body, max_items, "images")
+    return normalize_pixels(as_image_batch(array, "body", max_items, shape), "body")
 
 
 # ------------------------------------------------------------------------------------- images

@@ -33,7 +33,7 @@ from pydantic_settings import (
 )
 
 from models.artifacts import store_home
-from models.catalog import MODEL_NAMES, default_models, imported_names
+from models.catalog import MODEL_NAMES, default_models, imported_kinds
 
 
 def _cores_but_one() -> int:
@@ -301,7 +301,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
         _config_path.reset(token)
     unknown = [m for m in config.models if m not in MODEL_NAMES]
     if unknown:  # issue 14: an imported model in the store is known too
-        known = [*MODEL_NAMES, *imported_names()]
+        known = [*MODEL_NAMES, *imported_kinds()]
         if unknown := [m for m in unknown if m not in known]:
             raise ConfigError(f"unknown models in configuration: {unknown}; known: {known}")
     return config

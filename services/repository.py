@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.artifacts import StoredVersion, get_version
-from models.catalog import CATALOG, ModelSpec, get_spec, spec_from_metadata
+from models.catalog import CATALOG, ModelSpec, get_spec, imported_kinds, spec_from_metadata
 from services.batcher import Batcher
 from services.config import ServeConfig
 from services.errors import ModelNotFound, ModelNotReady
@@ -77,18 +77,11 @@ def warm_batch_sizes(max_batch: int) -> list[int]:
 
 
 def served_kinds(names: Iterable[str]) -> dict[str, str]:
-    """Model name → the name of its kind: the catalog's, or the newest stored version's metadata
-    (an imported model). A name with neither is left out (it fails to load, with its reason)."""
-    from bentoml.exceptions import BentoMLException
-
-    out = {}
-    for name in names:
-        if name in CATALOG:
-            out[name] = CATALOG[name].kind
-            continue
-        with contextlib.suppress(BentoMLException, KeyError):
-            out[name] = str(get_version(name).metadata["kind"])
-    return out
+    """Model name → the name of its kind: the catalog's, or an imported model's (its newest
+    stored metadata). A name with neither is left out (it fails to load, with its reason)."""
+    imported = imported_kinds()
+    return {name: CATALOG[name].kind if name in CATALOG else imported[name]
+            for name in names if name in CATALOG or name in imported}
 
 
 def spec_of(name: str, stored: StoredVersion) -> ModelSpec:
