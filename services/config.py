@@ -12,7 +12,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -28,9 +28,13 @@ DEFAULT_GPU_MAX_BATCH = {"diabetes": 4096, "mnist-fc": 1024, "mnist-cnn": 1024, 
                          "mnist-resnet": 1024, "char-rnn": 256}
 
 
-def _cores_but_one() -> int:
-    """The event loop keeps a core: the default for threads that compute beside it."""
-    return max(1, (os.cpu_count() or 1) - 1)
+AUTO_WORKERS_MAX = 8  # issue 15: the most worker processes workers=auto starts
+
+
+def _cores_but_one(workers: int = 1) -> int:
+    """The event loop keeps a core: the default for threads that compute beside it. With several
+    workers, each has its share of the cores (issue 15: no worker oversubscribes the machine)."""
+    return max(1, (os.cpu_count() or 1) // workers - 1)
 
 
 class ServeConfig(BaseModel):
@@ -38,7 +42,12 @@ class ServeConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, description="server worker processes (each loads every model)")
+    # -- issue 15: workers chosen for the machine (README "Workers and threads") ----------------
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="server worker processes (each loads every model); auto = "
+                            "worker_count()'s rule: one per usable core, at most AUTO_WORKERS_MAX; "
+                            "one with device=cuda")
+    # -- end of issue 15 -------------------------------------------------------------------------
     runtime: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(
@@ -139,17 +148,37 @@ class ServeConfig(BaseModel):
     max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
                                   description="request line plus headers; more gets 431")
 
+    # -- issue 15: the worker rule -------------------------------------------------------------
+    def worker_count(self) -> int:
+        """Worker processes. Auto: one per usable core (mnist-cnn JSON c=64 on 2 cores, client
+        on the same cores: 2 workers ~1.3x one; README "Workers and threads"), since a saturated
+        worker's event loop (HTTP, JSON, routing) needs a core of its own; capped at
+        ``AUTO_WORKERS_MAX`` (each worker loads every model: memory and start-up grow with the
+        count, and its batches get smaller); one on a GPU, which one process's batcher feeds
+        best (each process would hold its own CUDA context and send smaller batches)."""
+        if self.workers != "auto":
+            return self.workers
+        if self.device == "cuda":
+            return 1
+        if self.device == "auto":
+            from services.runtimes import cuda_device_present  # config is imported by runtimes
+
+            if cuda_device_present():
+                return 1
+        return min(AUTO_WORKERS_MAX, len(os.sched_getaffinity(0)))
+    # -- end of issue 15 -------------------------------------------------------------------------
+
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one
         ONNX Runtime thread served single images 1.3-1.5x faster at c=16/64 than two
         (results/bench/README.md, configuration experiment)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return _cores_but_one()
+        return _cores_but_one(self.worker_count())
 
     def image_decode_threads(self) -> int:
         """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
-        return self.decode_threads or _cores_but_one()
+        return self.decode_threads or _cores_but_one(self.worker_count())
 
     def max_batch(self, name: str, device: str = "cpu") -> int:
         """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda)."""

@@ -108,10 +108,12 @@ class Server:
 @contextmanager
 def serve(store: Path, log_dir: Path, env: dict[str, str] | None = None,
           ready_timeout: float = 120) -> Iterator[Server]:
-    """A running server over ``store``; PODIUM_* settings come through ``env``."""
+    """A running server over ``store``; PODIUM_* settings come through ``env``. One worker unless
+    ``env`` or the environment names ``PODIUM_WORKERS``: a test server's behaviour, memory and
+    start-up should not depend on the machine's core count (``workers=auto``)."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
+    full_env = {"PODIUM_WORKERS": "1", **os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
                 "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     with open(log, "w") as fh:
         proc = subprocess.Popen([BENTOML, "serve", "services.service:Podium", "--host",
