@@ -8,7 +8,9 @@ BentoML worker serves) with a spy in every BentoML middleware, then against a re
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -236,3 +238,49 @@ def test_a_real_server_answers_hot_path_mistakes_in_json(server: Server) -> None
         r = client.post("/v1/models/no-such-model/predict", json={"instances": [[0.0] * 784]})
         assert r.status_code == 404 and "no-such-model" in r.json()["error"]
 
+
+
+# -- workers and threads chosen for the machine ------------------------------------------------
+
+def test_the_worker_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services import config as cfg
+
+    cores = len(os.sched_getaffinity(0))
+    assert cfg.ServeConfig().workers == "auto"
+    assert cfg.ServeConfig(device="cpu").worker_count() == min(cfg.AUTO_WORKERS_MAX, cores)
+    assert cfg.ServeConfig(device="cuda").worker_count() == 1
+    assert cfg.ServeConfig(workers=3, device="cuda").worker_count() == 3  # an explicit count wins
+    monkeypatch.setenv("PODIUM_WORKERS", "2")
+    assert cfg.load_config(path="/nonexistent.yaml").worker_count() == 2
+    for bad in ("0", "many"):
+        monkeypatch.setenv("PODIUM_WORKERS", bad)
+        with pytest.raises(cfg.ConfigError, match="workers"):
+            cfg.load_config(path="/nonexistent.yaml")
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(2, 1, 1), (2, 2, 1), (16, 1, 15), (16, 2, 7),
+                                                           (16, 8, 1), (64, 8, 7)])
+def test_runtime_threads_are_the_workers_share_of_the_cores_but_one(
+        monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int) -> None:
+    from services import config as cfg
+
+    monkeypatch.setattr(cfg.os, "cpu_count", lambda: cores)
+    config = cfg.ServeConfig(workers=workers, device="cpu")
+    assert (config.runtime_threads(), config.image_decode_threads()) == (threads, threads)
+    assert cfg.ServeConfig(workers=workers, intra_op_threads=3).runtime_threads() == 3
+
+
+def test_a_default_server_starts_one_worker_per_core(tiny_store: Path, tmp_path: Path) -> None:
+    """``workers=auto`` under a real ``bentoml serve`` (test servers otherwise pin one worker)."""
+    from services.launch import process_tree, serve
+
+    expected = min(len(os.sched_getaffinity(0)), 8)
+    image = {"instances": [[0.5] * 784]}
+    with serve(tiny_store, tmp_path, env={"PODIUM_WORKERS": "auto", "PODIUM_MODELS": "mnist-cnn",
+                                          "PODIUM_DEVICE": "cpu"}) as running:
+        workers = [p for p in process_tree(running.proc.pid)
+                   if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+        assert len(workers) == expected, [p.cmdline() for p in workers]
+        with running.client() as client:
+            for _ in range(4 * expected):
+                assert client.post("/v1/models/mnist-cnn/predict", json=image).status_code == 200

@@ -40,7 +40,7 @@ app = Starlette(routes=[
 ])
 
 
-@bentoml.service(name="podium-fast-routes", workers=CONFIG.workers, traffic={"timeout": 300},
+@bentoml.service(name="podium-fast-routes", workers=CONFIG.worker_count(), traffic={"timeout": 300},
                  http={"host": CONFIG.host, "port": CONFIG.port},
                  logging={"access": {"enabled": False}},
                  tracing={"excluded_urls": ["/v1/models", "/v2"]})
