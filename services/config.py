@@ -151,8 +151,8 @@ class ServeConfig(BaseModel):
     # -- issue 15: the worker rule -------------------------------------------------------------
     def worker_count(self) -> int:
         """Worker processes. Auto: one per usable core (mnist-cnn JSON c=64 on 2 cores, client
-        on the same cores: 2 workers ~1.3x one; README "Workers and threads"), since a saturated
-        worker's event loop (HTTP, JSON, routing) needs a core of its own; capped at
+        on the same cores: 2 workers 1.55-1.72x one; README "Workers and threads"), since a
+        saturated worker's event loop (HTTP, JSON, the handler) needs a core of its own; capped at
         ``AUTO_WORKERS_MAX`` (each worker loads every model: memory and start-up grow with the
         count, and its batches get smaller); one on a GPU, which one process's batcher feeds
         best (each process would hold its own CUDA context and send smaller batches)."""
