@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,13 +29,30 @@ DEFAULT_GPU_MAX_BATCH = {"diabetes": 4096, "mnist-fc": 1024, "mnist-cnn": 1024, 
                          "mnist-resnet": 1024, "char-rnn": 256}
 
 
-AUTO_WORKERS_MAX = 8  # issue 15: the most worker processes workers=auto starts
+# -- issue 15: the cores a server may use -------------------------------------------------------
+AUTO_WORKERS_MAX = 8  # the most worker processes workers=auto starts
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, bounded by its container's CPU limit
+    (a cgroup v2 quota, e.g. Kubernetes' ``resources.limits.cpu``, rounded up) — a 2-CPU pod on a
+    64-core node has 2, not 64."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 CPU controller here: the affinity alone
+        pass
+    return cores
 
 
 def _cores_but_one(workers: int = 1) -> int:
     """The event loop keeps a core: the default for threads that compute beside it. With several
-    workers, each has its share of the cores (issue 15: no worker oversubscribes the machine)."""
-    return max(1, (os.cpu_count() or 1) // workers - 1)
+    workers, each has its share of the cores (no worker oversubscribes the machine)."""
+    return max(1, usable_cores() // workers - 1)
+# -- end of issue 15 -------------------------------------------------------------------------------
 
 
 class ServeConfig(BaseModel):
@@ -45,7 +63,8 @@ class ServeConfig(BaseModel):
     # -- issue 15: workers chosen for the machine (README "Workers and threads") ----------------
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="server worker processes (each loads every model); auto = "
-                            "worker_count()'s rule: one per usable core, at most AUTO_WORKERS_MAX; "
+                            "worker_count()'s rule: one per usable core (affinity and container "
+                            "CPU limit), at most AUTO_WORKERS_MAX; "
                             "one with device=cuda")
     # -- end of issue 15 -------------------------------------------------------------------------
     runtime: Literal["onnx", "torchscript"] = "onnx"
@@ -165,7 +184,7 @@ class ServeConfig(BaseModel):
 
             if cuda_device_present():
                 return 1
-        return min(AUTO_WORKERS_MAX, len(os.sched_getaffinity(0)))
+        return min(AUTO_WORKERS_MAX, usable_cores())
     # -- end of issue 15 -------------------------------------------------------------------------
 
     def runtime_threads(self) -> int:

@@ -242,10 +242,24 @@ def test_a_real_server_answers_hot_path_mistakes_in_json(server: Server) -> None
 
 # -- workers and threads chosen for the machine ------------------------------------------------
 
+def test_usable_cores_follow_the_containers_cpu_limit(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    from services import config as cfg
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(cfg, "CGROUP_CPU_MAX", cpu_max)
+    assert cfg.usable_cores() == affinity  # no cgroup file: the affinity alone
+    for text, cores in (("max 100000\n", affinity), ("100000 100000\n", 1), ("150000 100000\n", 2),
+                        ("50000 100000\n", 1), ("garbage\n", affinity)):
+        cpu_max.write_text(text)
+        assert cfg.usable_cores() == min(cores, affinity), text
+
+
 def test_the_worker_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from services import config as cfg
 
-    cores = len(os.sched_getaffinity(0))
+    cores = cfg.usable_cores()
     assert cfg.ServeConfig().workers == "auto"
     assert cfg.ServeConfig(device="cpu").worker_count() == min(cfg.AUTO_WORKERS_MAX, cores)
     assert cfg.ServeConfig(device="cuda").worker_count() == 1
@@ -264,7 +278,7 @@ def test_runtime_threads_are_the_workers_share_of_the_cores_but_one(
         monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int) -> None:
     from services import config as cfg
 
-    monkeypatch.setattr(cfg.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(cfg, "usable_cores", lambda: cores)
     config = cfg.ServeConfig(workers=workers, device="cpu")
     assert (config.runtime_threads(), config.image_decode_threads()) == (threads, threads)
     assert cfg.ServeConfig(workers=workers, intra_op_threads=3).runtime_threads() == 3
@@ -272,9 +286,10 @@ def test_runtime_threads_are_the_workers_share_of_the_cores_but_one(
 
 def test_a_default_server_starts_one_worker_per_core(tiny_store: Path, tmp_path: Path) -> None:
     """``workers=auto`` under a real ``bentoml serve`` (test servers otherwise pin one worker)."""
+    from services.config import AUTO_WORKERS_MAX, usable_cores
     from services.launch import process_tree, serve
 
-    expected = min(len(os.sched_getaffinity(0)), 8)
+    expected = min(usable_cores(), AUTO_WORKERS_MAX)
     image = {"instances": [[0.5] * 784]}
     with serve(tiny_store, tmp_path, env={"PODIUM_WORKERS": "auto", "PODIUM_MODELS": "mnist-cnn",
                                           "PODIUM_DEVICE": "cpu"}) as running:
