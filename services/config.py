@@ -13,10 +13,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from models.artifacts import store_home
 from models.catalog import MODEL_NAMES
@@ -61,7 +61,7 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
     # -- issue 15: workers chosen for the machine (README "Workers and threads") ----------------
-    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    workers: int | Literal["auto"] = Field(
         "auto", description="server worker processes (each loads every model); auto = "
                             "worker_count()'s rule: one per usable core (affinity and container "
                             "CPU limit), at most AUTO_WORKERS_MAX; "
@@ -168,6 +168,16 @@ class ServeConfig(BaseModel):
                                   description="request line plus headers; more gets 431")
 
     # -- issue 15: the worker rule -------------------------------------------------------------
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """A count of at least 1 (a number or its digits) or "auto": one error naming both."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected a number of worker processes (at least 1) or 'auto'")
+
     def worker_count(self) -> int:
         """Worker processes. Auto: one per usable core (mnist-cnn JSON c=64 on 2 cores, client
         on the same cores: 2 workers 1.55-1.72x one; README "Workers and threads"), since a
