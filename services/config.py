@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,10 +36,30 @@ from pydantic_settings import (
 from models.artifacts import store_home
 from models.catalog import MODEL_NAMES, default_models, imported_kinds
 
+# -- issue 15: the cores a server may use -------------------------------------------------------
+AUTO_WORKERS_MAX = 8  # the most worker processes workers=auto starts
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
-def _cores_but_one() -> int:
-    """The event loop keeps a core: the default for threads that compute beside it."""
-    return max(1, (os.cpu_count() or 1) - 1)
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, bounded by its container's CPU limit
+    (a cgroup v2 quota, e.g. Kubernetes' ``resources.limits.cpu``, rounded up) — a 2-CPU pod on a
+    64-core node has 2, not 64."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 CPU controller here: the affinity alone
+        pass
+    return cores
+
+
+def _cores_but_one(workers: int = 1) -> int:
+    """The event loop keeps a core: the default for threads that compute beside it. With several
+    workers, each has its share of the cores (no worker oversubscribes the machine)."""
+    return max(1, usable_cores() // workers - 1)
+# -- end of issue 15 -------------------------------------------------------------------------------
 
 
 ENV_PREFIX = "PODIUM_"
@@ -53,7 +74,13 @@ class ServeConfig(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, description="server worker processes (each loads every model)")
+    # -- issue 15: workers chosen for the machine (README "Workers and threads") ----------------
+    workers: int | Literal["auto"] = Field(
+        "auto", description="server worker processes (each loads every model); auto = "
+                            "worker_count()'s rule: one per usable core (affinity and container "
+                            "CPU limit), at most AUTO_WORKERS_MAX; "
+                            "one with device=cuda")
+    # -- end of issue 15 -------------------------------------------------------------------------
     runtime: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(
@@ -182,17 +209,47 @@ class ServeConfig(BaseSettings):
         directory (a setting has these three homes only)."""
         return init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls, yaml_file=config_file())
 
+    # -- issue 15: the worker rule -------------------------------------------------------------
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """A count of at least 1 (a number or its digits) or "auto": one error naming both."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected a number of worker processes (at least 1) or 'auto'")
+
+    def worker_count(self) -> int:
+        """Worker processes. Auto: one per usable core (mnist-cnn JSON c=64 on 2 cores, client
+        on the same cores: 2 workers 1.55-1.72x one; README "Workers and threads"), since a
+        saturated worker's event loop (HTTP, JSON, the handler) needs a core of its own; capped at
+        ``AUTO_WORKERS_MAX`` (each worker loads every model: memory and start-up grow with the
+        count, and its batches get smaller); one on a GPU, which one process's batcher feeds
+        best (each process would hold its own CUDA context and send smaller batches)."""
+        if self.workers != "auto":
+            return self.workers
+        if self.device == "cuda":
+            return 1
+        if self.device == "auto":
+            from services.runtimes import cuda_device_present  # config is imported by runtimes
+
+            if cuda_device_present():
+                return 1
+        return min(AUTO_WORKERS_MAX, usable_cores())
+    # -- end of issue 15 -------------------------------------------------------------------------
+
     def runtime_threads(self) -> int:
         """Threads per model runtime. Auto leaves a core to the event loop: on 2 cores, one
         ONNX Runtime thread served single images 1.3-1.5x faster at c=16/64 than two
         (results/bench/README.md, configuration experiment)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return _cores_but_one()
+        return _cores_but_one(self.worker_count())
 
     def image_decode_threads(self) -> int:
         """Image decoding threads; auto leaves a core to the event loop, as runtime_threads."""
-        return self.decode_threads or _cores_but_one()
+        return self.decode_threads or _cores_but_one(self.worker_count())
 
     def max_batch(self, name: str, device: str, default: int) -> int:
         """Items per executed batch of ``name`` on ``device`` (the runtime's: cpu or cuda):

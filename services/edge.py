@@ -10,18 +10,36 @@ service object a ``Service`` subclass whose ``to_asgi`` wraps that app once, her
 - ``HEAD`` works wherever ``GET`` does (uvicorn drops the body of a ``HEAD`` answer itself);
 - HTTP/1.1 without ``Host`` gets 400 (RFC 9112 §3.2; httptools accepts it);
 - while the worker drains (``services.worker``), new work — any method but GET/HEAD/OPTIONS —
-  gets 503 with ``Connection: close``, so a client retries on another replica;
+  gets 503 with ``Connection: close``, so a client retries on another replica; the one drain
+  flag is the data plane's (``DataPlane.draining``, which readiness reads too);
+- a W3C ``traceparent`` a client sends comes back on the answer (and names the request in the log
+  of an unhandled error), so a caller can match the answer to its trace;
 - BentoML's request metrics label the *route template* (``/v1/models/{name}/predict``), or one
   fixed value for paths no route serves, never the raw path: random paths made ``/metrics``
   grow without bound (issue 10, item 1).
 
-The wrapper sits on the hot path: a successful request costs a header scan for ``Host``, two
-comparisons and one small object; only error answers are buffered (at most ``ERROR_BODY_MAX``).
+**The lean data plane (issue 15).** The inference paths (``/v1`` predict/generate/next, ``/v2``
+infer: the routes of the *hot app* given to ``install``) go from here straight to that app,
+never entering BentoML's Starlette app: its middlewares (request metrics, OpenTelemetry, the
+request context, the traffic timeout) and routing were most of each request's cost on a
+saturated event loop (results/bench/NOTES.md). What they gave these paths Podium gives itself:
+request counts and latency per model, version, endpoint and status (``podium_requests_total``,
+``podium_request_duration_seconds``, ``services.metrics``), the body limit
+(``max_request_bytes``, ``services.http.read_body``), the queue deadline (``max_latency_ms``) and
+the slow-client limits (``services.worker``); BentoML's tracing was already off for them. Health,
+metrics, the OpenAPI page, the documented copies of the routes and the admin API stay behind
+BentoML's app.
+
+The wrapper sits on the hot path: a successful request costs one header scan (``Host``,
+``traceparent``), one path match and one small object; only error answers are buffered (at most
+``ERROR_BODY_MAX``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -38,6 +56,8 @@ ERROR_BODY_MAX = 64 * 1024  # a longer non-JSON error body is cut: it is replace
 ECHO_MAX = 200  # characters of a client's path echoed in an error message
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PATH_KEY = "podium.path"  # the real path while BentoML's metrics middleware sees the template
+TRACEPARENT = b"traceparent"
+TRACEPARENT_MAX = 128  # a W3C traceparent is 55 characters; a longer value is not echoed
 
 
 def _json_start(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
@@ -66,10 +86,10 @@ class _Reply:
     ``{"error": ...}`` JSON (the framework's plain-text 404/405/500, FastAPI's ``{"detail": ...}``)
     into one. ``started``: whether an answer has gone downstream."""
 
-    __slots__ = ("scope", "send", "start", "buffer", "started")
+    __slots__ = ("scope", "send", "trace", "start", "buffer", "started")
 
-    def __init__(self, scope: Scope, send: Any) -> None:
-        self.scope, self.send = scope, send
+    def __init__(self, scope: Scope, send: Any, trace: bytes | None) -> None:
+        self.scope, self.send, self.trace = scope, send, trace
         self.start: dict[str, Any] | None = None
         self.buffer: bytearray | None = None
         self.started = False
@@ -77,6 +97,9 @@ class _Reply:
     async def __call__(self, message: dict[str, Any]) -> None:
         if self.buffer is None:
             if message["type"] == "http.response.start":
+                if self.trace is not None:
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (TRACEPARENT, self.trace)]}
                 if message["status"] >= 400:
                     self.start, self.buffer = message, bytearray()
                     return
@@ -133,24 +156,55 @@ def _json_object(body: bytearray) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _has_host(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, _ in headers:  # noqa: SIM110 - a plain loop: no generator object per request
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
+    """Whether ``Host`` was sent, and the ``traceparent`` to echo: one pass, a plain loop."""
+    host, trace = False, None
+    for name, value in headers:
         if name == b"host":
-            return True
-    return False
+            host = True
+        elif name == TRACEPARENT and len(value) <= TRACEPARENT_MAX:
+            trace = value
+    return host, trace
+
+
+class _Flags:
+    """The drain flag of an ``Edge`` given no data plane (tests of the wrapper alone)."""
+
+    draining = False
+
+
+def hot_matcher(app: Any) -> Callable[[str], Any]:
+    """One compiled match for every path template of ``app``'s routes (``{name}`` → one
+    segment): whether a path is the hot app's, without asking its router."""
+    templates = sorted(set(_templates(getattr(app, "routes", ()))))
+    if not templates:
+        raise ValueError("the hot app names no routes: nothing to dispatch to it")
+    parts = [re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(t)) for t in templates]
+    return re.compile(f"(?:{'|'.join(parts)})\\Z").match
 
 
 class Edge:
-    """The ASGI app uvicorn runs in a worker: ``app`` (BentoML's) behind the rules above.
+    """The ASGI app uvicorn runs in a worker: ``app`` (BentoML's) behind the rules above, and the
+    paths of ``hot`` (the data plane's ASGI app, if given) sent straight to it.
 
-    ``draining`` (set by ``services.worker`` on SIGTERM) and ``inflight`` (the HTTP requests
-    inside ``app`` now) are read by the worker's drain."""
+    ``plane`` holds the one drain flag (``draining``: set by ``services.worker`` on SIGTERM);
+    ``inflight`` (the HTTP requests inside either app now) is read by the worker's drain."""
 
-    def __init__(self, app: Any, on_startup: Any = None) -> None:
+    def __init__(self, app: Any, on_startup: Any = None, hot: Any = None, plane: Any = None) -> None:
         self.app = app
         self.on_startup = on_startup
-        self.draining = False
+        self.hot = hot
+        self.is_hot = hot_matcher(hot) if hot is not None else None
+        self.plane = plane if plane is not None else _Flags()
         self.inflight = 0
+
+    @property
+    def draining(self) -> bool:
+        return self.plane.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.plane.draining = value
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -159,25 +213,29 @@ class Edge:
             await self.app(scope, receive, send)
             return
         # HTTP, inline: one coroutine per request is this wrapper's whole cost on the hot path.
-        if scope["http_version"] == "1.1" and not _has_host(scope["headers"]):
+        host, trace = _scan(scope["headers"])
+        if not host and scope["http_version"] == "1.1":
             await send_json_error(send, 400, "an HTTP/1.1 request must send a Host header", close=True)
             return
         method = scope["method"]
-        if self.draining and method not in SAFE_METHODS:
+        if method not in SAFE_METHODS and self.plane.draining:
             await send_json_error(send, 503, "the server is shutting down; retry on another replica",
                                   close=True)
             return
         if method == "HEAD":  # the app answers GET; uvicorn sends no body for the HEAD it parsed
             scope = {**scope, "method": "GET"}
-        reply = _Reply(scope, send)
+        app = self.hot if self.is_hot is not None and self.is_hot(scope["path"]) else self.app
+        reply = _Reply(scope, send, trace)
         self.inflight += 1
         try:
-            await self.app(scope, receive, reply)
+            await app(scope, receive, reply)
         except Exception:
             if reply.started:
                 raise
-            log.exception("unhandled error answering %s %s", method, _echo(scope))
-            await send_json_error(send, 500, "internal server error")
+            log.exception("unhandled error answering %s %s%s", method, _echo(scope),
+                          f" (traceparent {trace.decode('latin-1')})" if trace else "")
+            await send_json_error(send, 500, "internal server error",
+                                  headers=[(TRACEPARENT, trace)] if trace else None)
         finally:
             self.inflight -= 1
 
@@ -194,6 +252,11 @@ class Edge:
 def _templates(routes: list[Any], prefix: str = "") -> list[str]:
     found = []
     for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's lazily included router
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            found += _templates(included.routes, prefix + getattr(context, "prefix", ""))
+            continue
         path = prefix + getattr(route, "path", "")
         if isinstance(route, Mount):
             inner = route.routes
@@ -274,18 +337,28 @@ class EdgeService(Service):
     """The Podium service: BentoML's ``Service`` whose worker app is wrapped in ``Edge``."""
 
     __slots__ = ()
-    on_startup: Any = None  # set by ``install``; a class attribute: Service instances have slots
+    # Set by ``install``; class attributes: Service instances have slots.
+    on_startup: Any = None
+    data_plane: Any = None
+    plane: Any = None
 
     def to_asgi(self, is_main: bool = True) -> Any:
         app = super().to_asgi(is_main)
         if not template_metrics(app):
             log.info("BentoML metrics are off: no request metrics to template")
-        return Edge(app, on_startup=type(self).on_startup)
+        cls = type(self)
+        return Edge(app, on_startup=cls.on_startup, plane=cls.plane,
+                    hot=cls.data_plane() if cls.data_plane is not None else None)
 
 
-def install(service: Service, on_startup: Any = None) -> Service:
-    """Make ``service`` (what ``@bentoml.service`` returned) serve through ``Edge``;
-    ``on_startup(edge)`` runs in each worker once the service is initialised."""
-    service.__class__ = type("PodiumEdgeService", (EdgeService,), {"__slots__": (),
-                                                                     "on_startup": staticmethod(on_startup)})
+def install(service: Service, on_startup: Any = None, data_plane: Callable[[], Any] | None = None,
+            plane: Any = None) -> Service:
+    """Make ``service`` (what ``@bentoml.service`` returned) serve through ``Edge``:
+    ``on_startup(edge)`` runs in each worker once the service is initialised; ``data_plane()``
+    (called once per worker app) returns the ASGI app that serves the hot paths — its routes'
+    paths — outside BentoML's app; ``plane`` holds the drain flag."""
+    attributes = {"__slots__": (), "on_startup": staticmethod(on_startup),
+                  "data_plane": staticmethod(data_plane) if data_plane is not None else None,
+                  "plane": plane}
+    service.__class__ = type("PodiumEdgeService", (EdgeService,), attributes)
     return service

@@ -110,10 +110,12 @@ def serve(store: Path, log_dir: Path, env: dict[str, str] | None = None,
           ready_timeout: float = 120, command: list[str] | None = None) -> Iterator[Server]:
     """A running server over ``store``; PODIUM_* settings come through ``env``. ``command`` is
     what starts it, given ``--host`` and ``--port`` (default ``bentoml serve``; the tests of
-    ``podium serve``'s signal handling pass that)."""
+    ``podium serve``'s signal handling pass that). One worker unless ``env`` or the environment
+    names ``PODIUM_WORKERS``: a test server's behaviour, memory and start-up should not depend on
+    the machine's core count (``workers=auto``)."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
+    full_env = {"PODIUM_WORKERS": "1", **os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1",
                 "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     cmd = [*(command or [BENTOML, "serve", "services.service:Podium"]),
            "--host", "127.0.0.1", "--port", str(port)]

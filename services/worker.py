@@ -157,8 +157,8 @@ def uvicorn_server() -> Any:
 class Lifecycle:
     """Drain, orphan watchdog and connection sweep for one worker's ``Edge``."""
 
-    def __init__(self, config: ServeConfig, edge: Any, plane: Any, server: Any) -> None:
-        self.config, self.edge, self.plane, self.server = config, edge, plane, server
+    def __init__(self, config: ServeConfig, edge: Any, server: Any) -> None:
+        self.config, self.edge, self.server = config, edge, server
         self.loop = asyncio.get_running_loop()
         self.parent = os.getppid()
         self.tasks: set[asyncio.Task] = set()
@@ -182,8 +182,7 @@ class Lifecycle:
     def begin_drain(self, reason: str) -> None:
         if self.edge.draining:
             return
-        self.edge.draining = True
-        self.plane.draining = True
+        self.edge.draining = True  # the data plane's flag: readiness reads it too
         log.warning("draining (%s): readiness 503, new work refused; %d request(s) in flight, "
                     "grace %g s (drain_grace_s)", reason, self.edge.inflight, self.config.drain_grace_s)
         self._spawn(self.drain())
@@ -213,7 +212,7 @@ class Lifecycle:
                 self.begin_drain("the parent process exited")
 
 
-def start(config: ServeConfig, edge: Any, plane: Any) -> Lifecycle | None:
+def start(config: ServeConfig, edge: Any) -> Lifecycle | None:
     """Called once per worker at lifespan start-up (``services.edge``)."""
     server = uvicorn_server()
     if server is None:
@@ -228,7 +227,7 @@ def start(config: ServeConfig, edge: Any, plane: Any) -> Lifecycle | None:
                     uv.http_protocol_class.__name__)
     if NOSNIFF not in uv.encoded_headers:
         uv.encoded_headers.append(NOSNIFF)  # uvicorn's default headers: on every answer it sends
-    lifecycle = Lifecycle(config, edge, plane, server)
+    lifecycle = Lifecycle(config, edge, server)
     lifecycle.start()
     return lifecycle
 
