@@ -28,7 +28,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_defaults_without_file_or_environment() -> None:
     config = load_config()
-    assert (config.host, config.port, config.workers) == ("127.0.0.1", 3000, 1)
+    assert (config.host, config.port, config.workers) == ("127.0.0.1", 3000, "auto")
     assert config.models == list(MODEL_NAMES)
     assert config.max_batch_size == {} and config.versions == {}  # kinds give the defaults
     assert config.admin_token is None and config.batching is True
@@ -116,7 +116,7 @@ def test_unknown_yaml_key_and_unknown_argument_are_errors(clean: Path) -> None:
 
 @pytest.mark.parametrize(("env", "words"), [
     ({"PODIUM_PORT": "70000"}, ("port=70000 (PODIUM_PORT)", "less than or equal to 65535")),
-    ({"PODIUM_WORKERS": "zero"}, ("workers=zero (PODIUM_WORKERS)", "valid integer")),
+    ({"PODIUM_WORKERS": "zero"}, ("workers=zero (PODIUM_WORKERS)", "at least 1) or 'auto'")),
     ({"PODIUM_DEVICE": "tpu"}, ("device=tpu (PODIUM_DEVICE)", "'auto', 'cpu' or 'cuda'")),
     ({"PODIUM_VERSIONS": "{nope"}, ("PODIUM_VERSIONS={nope: not JSON",)),
     ({"PODIUM_MAX_BATCH_SIZE": '{"diabetes": "many"}'},
