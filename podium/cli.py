@@ -135,9 +135,9 @@ def _models(args: argparse.Namespace) -> int:
 
     home = use_store(args.store)
     from models.artifacts import list_versions
-    from models.catalog import imported_names
+    from models.catalog import default_models
 
-    known = [*MODEL_NAMES, *imported_names()]  # imported models (podium import) are listed too
+    known = default_models()  # imported models (podium import) are listed too
     for name in args.names:
         if name not in known:
             get_spec(name)  # raises UnknownModel, naming the catalog's models
