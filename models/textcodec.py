@@ -3,7 +3,9 @@ character drawn from a step's logits. NumPy only (no torch), so the served sampl
 that writes the training run's sample text (``training/train.py``) and the README quotes.
 
 Sampling is reproducible: the same logits, settings and ``numpy.random.Generator`` seed give the
-same characters wherever it runs.
+same characters wherever it runs. ``sample_rows`` draws the next character of many sequences at
+once (the serving loop's batched step, ``services/textloop.py``): row for row the same numbers and
+the same character as ``sample_next``, each row from its own generator.
 """
 
 from __future__ import annotations
@@ -40,3 +42,30 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
                 top_k: int | None = None) -> int:
     """The id of the next character, drawn from ``distribution`` with ``rng``."""
     return int(rng.choice(len(logits), p=distribution(logits, temperature, top_k)))
+
+
+def distributions(logits: np.ndarray, temperatures: np.ndarray, top_ks: np.ndarray) -> np.ndarray:
+    """``distribution`` of every row of ``logits`` [B, V], each with its own temperature and top_k
+    (V: no cut), computed with the same operations in the same order, so row for row the same
+    float64 numbers (``tests/test_textcodec.py`` checks it bit for bit)."""
+    scores = logits.astype(np.float64)
+    scores[:, UNKNOWN_ID] = -np.inf
+    if (top_ks < scores.shape[1]).any():
+        # The k-th largest score of each row: the value ``np.partition`` picks in the scalar path.
+        cutoff = -np.sort(-scores, axis=1)[np.arange(len(scores)), top_ks - 1]
+        scores[scores < cutoff[:, None]] = -np.inf
+    with np.errstate(over="ignore"):
+        scores = (scores - scores.max(axis=1, keepdims=True)) / temperatures[:, None]
+    probs = np.exp(scores)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def sample_rows(logits: np.ndarray, rngs: list[np.random.Generator], temperatures: np.ndarray,
+                top_ks: np.ndarray) -> np.ndarray:
+    """The next character id of every row of ``logits`` [B, V], row i drawn with ``rngs[i]``: the
+    id ``sample_next`` gives. ``Generator.choice(V, p=p)`` draws one double ``u`` and returns the
+    first index whose normalised cumulative sum exceeds it; the same here, for all rows at once."""
+    cdf = distributions(logits, temperatures, top_ks).cumsum(axis=1)
+    cdf /= cdf[:, -1:]
+    draws = np.fromiter((rng.random() for rng in rngs), np.float64, count=len(rngs))
+    return (cdf <= draws[:, None]).sum(axis=1)

@@ -27,6 +27,7 @@ from services.config import ServeConfig
 from services.errors import ModelNotFound, ModelNotReady
 from services.kinds import Kind, kind_for
 from services.runtimes import Runtime, device_settings, load_runtime
+from services.textloop import TextLoop
 
 log = logging.getLogger("podium.repository")
 
@@ -40,6 +41,7 @@ class LoadedVersion:
     loaded_at: float = field(default_factory=time.time)
     vocab: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
+    textloop: TextLoop | None = None  # a text generator's generation loop (services.kinds.text)
 
     @property
     def name(self) -> str:
@@ -96,6 +98,8 @@ def _release(versions: list[LoadedVersion]) -> None:
     version ever loaded (mnist-fc, 20 promote/rollback cycles: +57 MB without, see README)."""
     for loaded in versions:
         loaded.batcher.close()
+        if loaded.textloop is not None:
+            loaded.textloop.close()
     versions.clear()  # the last references: the sessions are freed here
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

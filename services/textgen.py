@@ -1,21 +1,25 @@
 """Character generation on top of the batched step model.
 
-Every step of every concurrent generation goes through the same batcher: N clients generating
-at once become batches of N one-character steps, the recurrent state travelling with each
-request (it is an explicit input/output of the exported graph). The work of one request is
-bounded before it starts (``check_work``). Encoding and sampling are models/textcodec.py's, the
-code that also writes the training run's sample text.
+A generation's prompt runs through the version's batcher (``plane.infer``: prompts arriving
+together batch, the outcome is recorded for the rollout); its characters then come from the
+version's generation loop (``services.textloop``), which advances every active generation with
+one model step per character for all of them, the recurrent state travelling with each sequence
+(it is an explicit input/output of the exported graph). With batching off each step runs on its
+own through the batcher. The work of one request is bounded before it starts (``check_work``).
+Encoding and sampling are models/textcodec.py's, the code that also writes the training run's
+sample text.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.textcodec import distribution, encode_text, sample_next
 from services.config import ServeConfig
-from services.errors import InvalidInput, PayloadTooLarge
+from services.errors import InferenceError, InvalidInput, PayloadTooLarge
 
 if TYPE_CHECKING:
     from services.dataplane import DataPlane
@@ -62,13 +66,23 @@ async def generate(plane: DataPlane, loaded: LoadedVersion, prompt: str, max_new
     """The generated continuation of ``prompt`` and the prompt's out-of-vocabulary characters."""
     ids, unknown = encode_text(prompt, loaded.index)
     rng = np.random.default_rng(seed)
+    started = time.perf_counter()
     logits, state = await _step(plane, loaded, ids[None], _initial_state(loaded))
-    out = []
-    for _ in range(max_new_chars):
-        nxt = sample_next(logits, rng, temperature, top_k)
-        out.append(loaded.vocab[nxt])
-        logits, state = await _step(plane, loaded, np.array([[nxt]], np.int64), state)
-    return "".join(out), unknown
+    loop = loaded.textloop
+    if loop is None:  # batching off: one step at a time
+        out = []
+        for i in range(max_new_chars):
+            out.append(sample_next(logits, rng, temperature, top_k))
+            if i + 1 < max_new_chars:  # the step after the last character would go unused
+                logits, state = await _step(plane, loaded, np.array([[out[-1]]], np.int64), state)
+    else:
+        try:
+            out = await loop.generate(logits, state, max_new_chars, rng, temperature, top_k)
+        except InferenceError:  # a failed step counts against the version, as plane.infer's do
+            if plane.rollout is not None:
+                plane.rollout.record(loaded, time.perf_counter() - started, ok=False)
+            raise
+    return "".join(loaded.vocab[i] for i in out), unknown
 
 
 async def next_distribution(plane: DataPlane, loaded: LoadedVersion, prompt: str, top_k: int,

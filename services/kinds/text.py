@@ -17,6 +17,7 @@ from services import codecs, textgen
 from services.errors import InvalidInput
 from services.kinds.base import Call, Kind, Port, check_items
 from services.kinds.registry import register
+from services.textloop import TextLoop
 
 if TYPE_CHECKING:
     from services.dataplane import DataPlane
@@ -53,6 +54,11 @@ class TextGenerator(Kind):
     def setup(self, loaded: LoadedVersion) -> None:
         loaded.vocab = loaded.stored.vocabulary()
         loaded.index = {c: i for i, c in enumerate(loaded.vocab)}
+        batcher = loaded.batcher
+        if batcher.enabled:  # issue 15: generations advance together in one loop per version
+            loaded.textloop = TextLoop(loaded.name, loaded.version, loaded.runtime.run,
+                                       batcher.max_batch_size, batcher.max_latency_s,
+                                       batcher.max_queue_items, batcher.metrics)
 
     def warm_feeds(self, loaded: LoadedVersion, batch: int) -> dict[str, np.ndarray]:
         arch = loaded.architecture
