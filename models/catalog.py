@@ -68,6 +68,11 @@ class ModelSpec:
     # The batch axis of every tensor ({"inputs": {name: axis}, "outputs": {name: axis}}); None =
     # the serving kind's own rule (an imported model states it: contract A).
     batch_axes: dict[str, dict[str, int]] | None = None
+    # Training-side export: ONNX dynamic axes of every tensor when more than the batch axis 0 of
+    # one input varies (None = that rule), and whether the model carries its state from call to
+    # call (the parity proof then chains it).
+    export_axes: dict[str, dict[int, str]] | None = None
+    recurrent: bool = False
 
     def build(self, **kwargs: Any) -> Any:
         module, attr = self.builder.split(":")
@@ -172,6 +177,11 @@ CATALOG: dict[str, ModelSpec] = {
         },
         headline_metric="val_bits_per_char",
         is_classifier=False,
+        # The TorchScript-based exporter keeps a native ONNX GRU with both batch and time
+        # symbolic; the dynamo exporter specialises the output's time axis to the example's.
+        export_axes={"tokens": {0: "batch", 1: "time"}, "state": {1: "batch"},
+                     "logits": {0: "batch", 1: "time"}, "state_out": {1: "batch"}},
+        recurrent=True,
     ),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -247,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        # A signal arriving again while the interpreter shuts down (torch's threads, a data
+        # loader) would end the process by SIGINT (-2) instead of this exit status: ignore it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("podium: interrupted; nothing was registered for the unfinished run", file=sys.stderr)
         return 130
     except (CliError, UnknownModel, KeyError, ValueError, OSError, RuntimeError) as exc:

@@ -41,13 +41,7 @@ def _export_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
 
 def export_onnx(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
     inputs, outputs = _export_names(spec)
-    if spec.kind == "text":
-        # The TorchScript-based exporter keeps a native ONNX GRU with both batch and time
-        # symbolic; the dynamo exporter specialises the output's time axis to the example's.
-        return write_onnx(module, example, path, inputs, outputs, dynamic_axes={
-            "tokens": {0: "batch", 1: "time"}, "state": {1: "batch"},
-            "logits": {0: "batch", 1: "time"}, "state_out": {1: "batch"}})
-    return write_onnx(module, example, path, inputs, outputs)
+    return write_onnx(module, example, path, inputs, outputs, dynamic_axes=spec.export_axes)
 
 
 def write_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str],

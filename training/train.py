@@ -480,7 +480,7 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
     files = export_all(spec, module, example, run_dir / "export")
     files.update(task.extra_files(run_dir))
     parity = prove_parity(spec, module, files, task.parity_batches(),
-                          chain_state=spec.kind == "text", tolerance=cfg.parity_tolerance)
+                          chain_state=spec.recurrent, tolerance=cfg.parity_tolerance)
     metrics["train_seconds"] = round(train_seconds, 2)
     headline = {"name": spec.headline_metric, "value": metrics[spec.headline_metric]}
     metadata = {
