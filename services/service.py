@@ -13,16 +13,21 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
 import click
+import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml.validators import ContentType
 
 from models.artifacts import store_home
-from services import edge, worker
+from services import bento_api, edge, index_page, worker
 from services.app import create_app, create_hot_app
+from services.bento_api import NamedTensor
 from services.config import get_config
-from services.dataplane import PLANE
+from services.dataplane import PLANE, DataPlane
 from services.repository import preflight
 from services.rollout.store import deployment_name
 from services.runtimes import DeviceUnavailable, check_device
@@ -47,6 +52,10 @@ BentoMLContainer.prometheus_multiproc_dir.set(
     str(store_home() / "prometheus_multiproc_dir" / deployment_name(CONFIG)))
 app = create_app()
 hot_app = create_hot_app()
+# issue 14: Podium's own index page, Swagger UI and OpenAPI info (services.index_page); mounted
+# last, so it costs the inference routes nothing.
+pages = index_page.create_app(PLANE, lambda: Podium)
+ImageFile = Annotated[Path, ContentType("image/*")]
 
 # The container image: a Debian bookworm / Python 3.11 base built locally with debootstrap
 # (deploy/container/build-base.sh). A distro name BentoML does not manage keeps its generated
@@ -67,6 +76,7 @@ IMAGE = bentoml.images.Image(
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": ["/v1/models", "/v2"]},
 )
+@bentoml.asgi_app(pages, path="/")
 @bentoml.asgi_app(app, path="/")
 @bentoml.asgi_app(hot_app, path="/")  # matched first: the inference routes without FastAPI
 class Podium:
@@ -88,6 +98,63 @@ class Podium:
     def __is_ready__(self) -> bool:
         return PLANE.ready
 
+    # -- issue 14: typed BentoML APIs (services.bento_api) over the same data plane -----------
+    # What bentoml.SyncHTTPClient/AsyncHTTPClient list and call; each method only delegates.
+
+    def _plane(self) -> DataPlane:
+        return PLANE
+
+    @bentoml.api
+    async def classify_images(self, images: list[ImageFile], model: str = "mnist-cnn",
+                              top_k: int | None = None, version: str | None = None,
+                              ctx: bentoml.Context = None) -> list[dict[str, Any]]:
+        """Digit images of any size, mode and format (photos too, as /v1 predict) → per image
+        the digit, its probability and the top_k (1–10) labels."""
+        return await bento_api.classify_images(self._plane(), ctx, images, model, top_k, version)
+
+    @bentoml.api
+    async def classify_tensor(self, pixels: np.ndarray, model: str = "mnist-cnn",
+                              top_k: int | None = None, version: str | None = None,
+                              ctx: bentoml.Context = None) -> list[dict[str, Any]]:
+        """A batch of MNIST images as a NumPy array: [N,1,28,28], [N,28,28] or [N,784]; floats
+        in [0, 1] or integers 0–255 → the same answer as classify_images."""
+        return await bento_api.classify_tensor(self._plane(), ctx, pixels, model, top_k, version)
+
+    @bentoml.api
+    async def predict_rows(self, rows: list[dict[str, float] | list[float]],
+                           model: str = "diabetes", version: str | None = None,
+                           ctx: bentoml.Context = None) -> list[dict[str, Any]]:
+        """Rows of named features or 8-number lists → per row the probability and label."""
+        return await bento_api.predict_rows(self._plane(), ctx, rows, model, version)
+
+    @bentoml.api
+    async def generate_text(self, prompt: str, max_new_chars: int = 200, temperature: float = 1.0,
+                            top_k: int | None = None, seed: int | None = None,
+                            model: str = "char-rnn", version: str | None = None,
+                            ctx: bentoml.Context = None) -> str:
+        """Text continuing the prompt; the same seed gives the same text as
+        /v1/models/char-rnn/generate."""
+        settings = {"max_new_chars": max_new_chars, "temperature": temperature, "top_k": top_k,
+                    "seed": seed}
+        return await bento_api.generate_text(self._plane(), ctx, prompt, settings, model, version)
+
+    @bentoml.api
+    async def next_chars(self, prompt: str, top_k: int = 5, model: str = "char-rnn",
+                         version: str | None = None,
+                         ctx: bentoml.Context = None) -> list[dict[str, Any]]:
+        """The top_k most likely next characters after the prompt, with their probabilities."""
+        return await bento_api.next_chars(self._plane(), ctx, prompt, top_k, model, version)
+
+    @bentoml.api
+    async def infer_tensors(self, model: str, inputs: list[NamedTensor],
+                            version: str | None = None,
+                            ctx: bentoml.Context = None) -> list[NamedTensor]:
+        """Any non-text model: named input tensors → its numeric output tensors (names, shapes
+        and datatypes as GET /v2/models/{model} lists them)."""
+        return await bento_api.infer_tensors(self._plane(), ctx, model, inputs, version)
+
+    # -- end of issue 14's typed APIs -------------------------------------------------------
+
     @bentoml.on_deployment
     def check_store() -> None:
         """Runs once in ``bentoml serve``'s own process before any worker starts. device=cuda
@@ -106,4 +173,7 @@ class Podium:
         worker.watch_strict_failures()
 
 
+Podium.add_asgi_middleware(  # issue 14: the typed APIs' bodies obey max_request_bytes
+    bento_api.BodyLimit, paths=frozenset(api.route for api in Podium.apis.values()),
+    limit=CONFIG.max_request_bytes)
 edge.install(Podium, on_startup=lambda front: worker.start(CONFIG, front, PLANE))
