@@ -15,7 +15,8 @@ blank every 5xx), so the client raises ``InvalidArgument`` (400), ``NotFound`` (
 ``ServiceUnavailable`` (503) or ``BentoMLException`` with that status, its message the body.
 
 BentoML reads these requests' bodies itself: ``BodyLimit`` bounds them by ``max_request_bytes``
-before BentoML parses anything, as ``/v1`` does.
+before BentoML parses anything, as ``/v1`` does, and ``files_only`` stops BentoML from
+downloading a URL sent in place of an image file.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.validators import TensorSchema
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.datastructures import UploadFile
 
 from services import codecs, textgen
 from services.app import _off_loop  # the bounded decode pool of /v1's uploads
@@ -238,6 +242,27 @@ async def infer_tensors(plane: DataPlane, ctx: Any, model: str, inputs: list[Nam
 
 
 # ------------------------------------------------------------------------------ request bodies
+
+class FilePartsOnly(MultipartSerde):
+    """BentoML's multipart decoding, except that a file field must hold file parts: BentoML
+    *downloads* a text value of a file field as a URL, from the server (a request could make
+    Podium fetch any address, unbounded in size; a value that is no URL was a 500)."""
+
+    @staticmethod
+    async def ensure_file(obj: str | UploadFile) -> UploadFile:
+        if isinstance(obj, UploadFile):
+            return obj
+        raise ValidationError.from_exception_data("Input", [InitErrorDetails(
+            type=PydanticCustomError("file_part", "send each image as a file part; a URL or text "
+                                                  "is not fetched"),
+            loc=("images",), input=clip(str(obj)))])
+
+
+def files_only() -> None:
+    """Serve multipart (and urlencoded) requests to the typed APIs with ``FilePartsOnly``."""
+    for media in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        ALL_SERDE[media] = FilePartsOnly  # type: ignore[index]
+
 
 class BodyLimit:
     """ASGI middleware: a request to one of ``paths`` whose body passes ``limit`` bytes gets

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from services.dataplane import DataPlane
 from services.errors import PodiumError
-from services.http import error_response
+from services.http import ERROR_RESPONSES, error_response
 from services.protocol import _server_version as podium_version
 
 SUMMARY = ("Podium serves the six PyTorch lecture models (diabetes, four MNIST classifiers, "
@@ -125,6 +125,18 @@ def openapi_info() -> dict[str, Any]:
                            f"level. The index page `/` lists the loaded models."}
 
 
+def _openapi_types(node: Any) -> Any:
+    """BentoML writes a NumPy field inside a model as ``{"type": "tensor"}``, which is no
+    OpenAPI type (tools reject the document): it is an array of numbers in JSON."""
+    if isinstance(node, dict):
+        if node.get("type") == "tensor":
+            return {"type": "array", "items": {}, "description": "a tensor as nested lists"}
+        return {key: _openapi_types(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_openapi_types(value) for value in node]
+    return node
+
+
 def create_app(plane: DataPlane, service: Callable[[], Any]) -> Starlette:
     """The pages as an ASGI app; ``service()`` is the BentoML service (its typed APIs and its
     OpenAPI document, once it exists)."""
@@ -141,7 +153,13 @@ def create_app(plane: DataPlane, service: Callable[[], Any]) -> Starlette:
         except Exception as exc:  # logged, a JSON 500 naming nothing internal
             return error_response(exc)
         spec["info"] = openapi_info()
-        return JSONResponse(spec)  # its response codes are int keys: the json module, not orjson
+        for api in service().apis.values():  # they answer Podium's errors, not BentoML's shape
+            operation = spec["paths"].get(api.route, {}).get("post")
+            if operation is not None:
+                operation["responses"] = {code: answer for code, answer in operation["responses"].items()
+                                          if str(code).startswith("2")} | ERROR_RESPONSES
+        # Its response codes are int keys: the json module's JSONResponse, not orjson.
+        return JSONResponse(_openapi_types(spec))
 
     return Starlette(routes=[Route("/", index, methods=["GET"]), Route("/docs", docs, methods=["GET"]),
                              Route("/docs.json", docs_json, methods=["GET"])])

@@ -173,7 +173,8 @@ class Podium:
         worker.watch_strict_failures()
 
 
-Podium.add_asgi_middleware(  # issue 14: the typed APIs' bodies obey max_request_bytes
+bento_api.files_only()  # issue 14: the typed APIs fetch no URL; their bodies obey max_request_bytes
+Podium.add_asgi_middleware(
     bento_api.BodyLimit, paths=frozenset(api.route for api in Podium.apis.values()),
     limit=CONFIG.max_request_bytes)
 edge.install(Podium, on_startup=lambda front: worker.start(CONFIG, front, PLANE))
