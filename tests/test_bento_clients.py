@@ -178,6 +178,14 @@ def test_bodies_obey_max_request_bytes_and_answers_carry_the_version(server: Ser
     assert wrong.status_code == 400 and "validation error" in wrong.json()["error"]
 
 
+def test_a_url_in_place_of_an_image_is_refused_not_fetched(server: Server) -> None:
+    # BentoML alone downloads a text value of a file field, from the server, whatever the address.
+    answer = httpx.post(f"{server.url}/classify_images", data={"images": f"{server.url}/metrics"},
+                        files={"unused": ("x", b"")})
+    assert answer.status_code == 400
+    assert "send each image as a file part" in answer.text
+
+
 def test_calls_are_counted_in_podiums_metrics(client: bentoml.SyncHTTPClient, server: Server) -> None:
     def count() -> float:
         text = httpx.get(f"{server.url}/metrics").text
