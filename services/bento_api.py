@@ -15,13 +15,14 @@ blank every 5xx), so the client raises ``InvalidArgument`` (400), ``NotFound`` (
 ``ServiceUnavailable`` (503) or ``BentoMLException`` with that status, its message the body.
 
 BentoML reads these requests' bodies itself: ``BodyLimit`` bounds them by ``max_request_bytes``
-before BentoML parses anything, as ``/v1`` does, and ``files_only`` stops BentoML from
+before BentoML parses anything, as ``/v1`` does; ``behind_the_mounts`` keeps these routes off
+the way of the ``/v1`` and ``/v2`` requests; and ``files_only`` stops BentoML from
 downloading a URL sent in place of an image file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +31,9 @@ from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.routing import Route
 
 from services import codecs, textgen
 from services.app import _off_loop  # the bounded decode pool of /v1's uploads
@@ -258,6 +261,19 @@ class FilePartsOnly(MultipartSerde):
             loc=("images",), input=clip(str(obj)))])
 
 
+def behind_the_mounts(app: Starlette, names: Iterable[str], limit: int) -> None:
+    """Put the typed APIs' routes of BentoML's app (``app``, before it serves) after its mounted
+    apps, each behind ``BodyLimit``: BentoML lists them first, so every ``/v1`` and ``/v2``
+    request tried each of them, and a middleware would see every request too."""
+    names = set(names)
+    routes = app.router.routes
+    typed = [route for route in routes if isinstance(route, Route) and route.name in names]
+    for route in typed:
+        routes.remove(route)
+        route.app = BodyLimit(route.app, limit)
+    routes.extend(typed)
+
+
 def files_only() -> None:
     """Serve multipart (and urlencoded) requests to the typed APIs with ``FilePartsOnly``."""
     for media in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -265,17 +281,14 @@ def files_only() -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: a request to one of ``paths`` whose body passes ``limit`` bytes gets
-    413 before BentoML reads it (a declared Content-Length at once, a chunked body as soon as it
-    passes the limit); other paths pass straight through (one set lookup)."""
+    """ASGI wrapper of one typed API's route: a body over ``limit`` bytes gets 413 before BentoML
+    reads it (a declared Content-Length at once, a chunked body as soon as it passes the limit);
+    at most ``limit`` bytes are held."""
 
-    def __init__(self, app: Any, paths: frozenset[str], limit: int) -> None:
-        self.app, self.paths, self.limit = app, paths, limit
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
         limit = self.limit
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

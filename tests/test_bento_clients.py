@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 from bentoml.exceptions import InvalidArgument, NotFound
 from PIL import Image, ImageDraw
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
+from services.bento_api import BodyLimit, behind_the_mounts
 from services.launch import BENTOML, Server, free_port, stop
 
 API = {"classify_images", "classify_tensor", "predict_rows", "generate_text", "next_chars",
@@ -50,6 +54,18 @@ def test_the_client_lists_every_typed_api(client: bentoml.SyncHTTPClient, server
     assert {route["name"] for route in schema["routes"]} >= API
     # The fast routes are still there, still mounted, unchanged.
     assert schema["paths"]["/v1/models/{name}/predict"] == {"mounted": True}
+
+
+def test_typed_routes_go_behind_the_mounts_each_with_a_body_limit() -> None:
+    async def endpoint(request: object) -> Response:
+        return Response()
+
+    app = Starlette(routes=[Route("/livez", endpoint), Route("/predict_rows", endpoint, methods=["POST"]),
+                            Mount("/", app=Starlette())])
+    behind_the_mounts(app, ["predict_rows"], 1024)
+    assert [route.path for route in app.router.routes] == ["/livez", "", "/predict_rows"]
+    assert isinstance(app.router.routes[-1].app, BodyLimit)
+    assert not isinstance(app.router.routes[0].app, BodyLimit)
 
 
 def test_images_as_pil_photos_and_paths_answer_as_v1_multipart(
