@@ -60,7 +60,8 @@ def test_typed_routes_go_behind_the_mounts_each_with_a_body_limit() -> None:
     async def endpoint(request: object) -> Response:
         return Response()
 
-    app = Starlette(routes=[Route("/livez", endpoint), Route("/predict_rows", endpoint, methods=["POST"]),
+    app = Starlette(routes=[Route("/livez", endpoint),  # BentoML names each route after its API
+                            Route("/predict_rows", endpoint, methods=["POST"], name="predict_rows"),
                             Mount("/", app=Starlette())])
     behind_the_mounts(app, ["predict_rows"], 1024)
     assert [route.path for route in app.router.routes] == ["/livez", "", "/predict_rows"]
