@@ -52,6 +52,7 @@ def test_the_client_lists_every_typed_api(client: bentoml.SyncHTTPClient, server
     assert set(client.endpoints) >= API
     schema = httpx.get(f"{server.url}/schema.json").json()
     assert {route["name"] for route in schema["routes"]} >= API
+    assert schema["description"].startswith("Podium: ")  # BentoML's is the class docstring
     # The fast routes are still there, still mounted, unchanged.
     assert schema["paths"]["/v1/models/{name}/predict"] == {"mounted": True}
 
