@@ -80,8 +80,8 @@ IMAGE = bentoml.images.Image(
 @bentoml.asgi_app(app, path="/")
 @bentoml.asgi_app(hot_app, path="/")  # matched first: the inference routes without FastAPI
 class Podium:
-    """Podium: the models of its store behind /v1, the Open Inference
-    Protocol (/v2) and these typed APIs, on one data plane. The page at / lists what is loaded."""
+    """Podium: the models of its store behind /v1, the Open Inference Protocol (/v2) and these
+    typed APIs, on one data plane. The page at / lists what is loaded."""
 
     def __init__(self) -> None:
         logging.getLogger("podium").setLevel(logging.INFO)
