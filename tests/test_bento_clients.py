@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import bentoml
 import httpx
@@ -22,9 +24,14 @@ from PIL import Image, ImageDraw
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
 
+from services import bento_api
 from services.bento_api import BodyLimit, behind_the_mounts
+from services.http import MODEL_HEADER, VERSION_HEADER
 from services.launch import BENTOML, Server, free_port, stop
+from services.routes import create_app
+from tests.kinds_support import plane_of
 
 API = {"classify_images", "classify_tensor", "predict_rows", "generate_text", "next_chars",
        "infer_tensors"}
@@ -267,3 +274,82 @@ def test_a_second_service_composes_podium_with_bentoml_depends(server: Server, t
     finally:
         stop(proc)
 
+
+
+# -- in-process: the typed functions over a data plane of tiny real ONNX models -------------------
+# (tests/kinds_support.py; no server): each answers what the kind's /v1 route answers, because it
+# goes through the same kind object; errors, metrics and headers as the route wrapper's.
+
+class Recorder:
+    """Stands in for the Prometheus metrics: the requests recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str, int]] = []
+
+    def observe_request(self, model: str, version: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.append((model, version, endpoint, status))
+
+    def observe_batch(self, *args: object) -> None:
+        pass
+
+
+def context() -> SimpleNamespace:
+    """What BentoML hands a typed method as ``ctx``: the request's headers, the response's status
+    and headers."""
+    return SimpleNamespace(request=SimpleNamespace(headers={}),
+                           response=SimpleNamespace(status_code=200, metadata={}))
+
+
+@pytest.fixture(scope="module")
+def tiny_plane(tmp_path_factory: pytest.TempPathFactory):
+    with plane_of(tmp_path_factory.mktemp("typed"), Recorder()) as plane, \
+            TestClient(create_app(plane)) as http:
+        yield plane, http
+
+
+def test_each_typed_function_answers_as_the_kinds_v1_route(tiny_plane, tmp_path: Path) -> None:
+    plane, http = tiny_plane
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(photo)
+    v1 = http.post("/v1/models/photo/predict", params={"top_k": 2},
+                   files=[("images", ("p.png", photo.read_bytes(), "image/png"))]).json()["predictions"]
+    typed = asyncio.run(bento_api.classify_images(plane, context(), [photo], "photo", 2, None))
+    assert typed == v1 and "class" in typed[0]  # an imported model's answer names no digit
+    pixels = np.random.default_rng(4).random((2, 784)).astype(np.float32)
+    v1 = http.post("/v1/models/mnist-fc/predict", json={"instances": pixels.tolist(), "top_k": 3}).json()
+    typed = asyncio.run(bento_api.classify_tensor(plane, context(), pixels, "mnist-fc", 3, None))
+    assert typed == v1["predictions"] and "digit" in typed[0]
+    v1 = http.post("/v1/models/diabetes/predict", json={"rows": [ROW, NAMED_ROW]}).json()
+    assert asyncio.run(bento_api.predict_rows(plane, context(), [ROW, NAMED_ROW], "diabetes", None)) \
+        == v1["predictions"]
+    settings = {"max_new_chars": 12, "temperature": 0.7, "top_k": None, "seed": 5}
+    v1 = http.post("/v1/models/char-rnn/generate", json={"prompt": "ab c", **settings}).json()
+    assert asyncio.run(bento_api.generate_text(plane, context(), "ab c", settings, "char-rnn", None)) \
+        == v1["text"]
+    v1 = http.post("/v1/models/char-rnn/next", json={"prompt": "ab", "top_k": 3}).json()
+    assert asyncio.run(bento_api.next_chars(plane, context(), "ab", 3, "char-rnn", None)) == v1["next"]
+    inputs = [bento_api.NamedTensor(name="x", data=np.ones((2, 3))),
+              bento_api.NamedTensor(name="k", data=np.array([7, 8]))]
+    v1 = http.post("/v1/models/two-io/predict", json={"inputs": {"x": [[1] * 3] * 2, "k": [7, 8]}}).json()
+    typed = asyncio.run(bento_api.infer_tensors(plane, context(), "two-io", inputs, None))
+    assert {t.name: (t.data.tolist(), t.datatype) for t in typed} == {
+        "y": (v1["outputs"]["y"], "FP32"), "m": (v1["outputs"]["m"], "INT64")}
+
+
+def test_typed_errors_metrics_and_headers_are_the_route_wrappers(tiny_plane) -> None:
+    plane, _ = tiny_plane
+    recorded = plane.metrics.requests
+    ctx = context()
+    refused = asyncio.run(bento_api.predict_rows(plane, ctx, [ROW], "two-io", None))
+    assert refused.status_code == ctx.response.status_code == 400
+    assert json.loads(refused.body) == {"error": "model 'two-io' is a tensor model; call infer_tensors",
+                                        "field": "model"}
+    assert ctx.response.metadata == {MODEL_HEADER: "two-io", VERSION_HEADER: "v1"}
+    assert recorded[-1] == ("two-io", "v1", "predict_rows", 400)
+    ctx = context()
+    unknown = asyncio.run(bento_api.next_chars(plane, ctx, "ab", 3, "nope", None))
+    assert unknown.status_code == ctx.response.status_code == 404 and ctx.response.metadata == {}
+    assert recorded[-1][2:] == ("next_chars", 404) and recorded[-1][0] != "nope"  # no minted label
+    ctx = context()
+    assert len(asyncio.run(bento_api.next_chars(plane, ctx, "ab", 3, "char-rnn", None))) == 3
+    assert ctx.response.status_code == 200 and recorded[-1] == ("char-rnn", "v1", "next_chars", 200)
