@@ -115,8 +115,8 @@ class Podium:
     async def classify_images(self, images: list[ImageFile], model: str = "mnist-cnn",
                               top_k: int | None = None, version: str | None = None,
                               ctx: bentoml.Context = None) -> list[dict[str, Any]]:
-        """Digit images of any size, mode and format (photos too, as /v1 predict) → per image
-        the digit, its probability and the top_k (1–10) labels."""
+        """Images of any size, mode and format (photos too, as /v1 predict) → per image the
+        class (``digit`` for the MNIST models), its probability and the top_k (1–10) labels."""
         return await bento_api.classify_images(self._plane(), ctx, images, model, top_k, version)
 
     @bentoml.api
