@@ -148,14 +148,20 @@ class ImageClassifier(Kind):
             return images, payload.get("top_k")
         if media in NPY_TYPES:
             return codecs.decode_npy(body, cfg.max_items_per_request, self.shape), None
-        limits = (cfg.max_items_per_request, cfg.max_image_pixels, cfg.max_request_pixels, self._photo)
         if media.startswith("image/"):
-            return await _off_loop(cfg, codecs.decode_images, [("body", body)], *limits), None
+            return await self.decode_files(cfg, [("body", body)]), None
         if media == "multipart/form-data":
             files, top_k = await _multipart_images(request, body, cfg.max_items_per_request)
-            return await _off_loop(cfg, codecs.decode_images, files, *limits), top_k
+            return await self.decode_files(cfg, files), top_k
         raise unsupported(request, "application/json, application/x-npy, image/* or "
                                    "multipart/form-data")
+
+    async def decode_files(self, cfg: ServeConfig, files: list[tuple[str, bytes]]) -> np.ndarray:
+        """Image files (``(name, bytes)``: any size, mode and format) → [N, C, H, W] pixels in
+        [0, 1], in the bounded decode pool, within the item and pixel limits (also the typed
+        ``classify_images``)."""
+        return await _off_loop(cfg, codecs.decode_images, files, cfg.max_items_per_request,
+                               cfg.max_image_pixels, cfg.max_request_pixels, self._photo)
 
     def _normalized(self, pixels: np.ndarray) -> np.ndarray:
         if self.mean is not None:
@@ -168,26 +174,38 @@ class ImageClassifier(Kind):
         (scores,) = await plane.infer(loaded, {self.spec.inputs[0].name: self._normalized(pixels)})
         return scores.reshape(scores.shape[0], -1)
 
+    async def probabilities(self, plane: DataPlane, loaded: LoadedVersion, pixels: np.ndarray) -> np.ndarray:
+        """Decoded [N, C, H, W] pixels in [0, 1] → class probabilities [N, K]."""
+        return codecs.softmax(await self._scores(plane, loaded, pixels))
+
     # -- /v1 ------------------------------------------------------------------------------------
     async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
         images, top_k = await self._decode(call)
         request = call.request
-        k = min(_top_k(top_k if top_k is not None else request.query_params.get("top_k"),
-                       call.plane.config.top_k_default), self.classes)
-        probs = codecs.softmax(await self._scores(call.plane, call.loaded, images))
+        k = self.top_k(top_k if top_k is not None else request.query_params.get("top_k"),
+                       call.plane.config)
+        probs = await self.probabilities(call.plane, call.loaded, images)
         if call.wants_npy:
             return npy_response(probs.astype(np.float32, copy=False))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        top = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, once
-        labels, first = self.labels, "digit" if self.digits else "class"
-        predictions = [
-            {first: row[0], "label": labels[row[0]], "probability": p[0],
-             "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
-            for row, p in zip(order.tolist(), top, strict=True)]
+        predictions = self.predictions(probs, k)
         if self.digits and request.query_params.get("preview") in ("1", "true"):
             for prediction, image in zip(predictions, images, strict=True):  # issue 12: what the model saw
                 prediction["preview"] = digits.preview_png(image)
         return {"predictions": predictions}
+
+    def top_k(self, raw: Any, cfg: ServeConfig) -> int:
+        """The requested ``top_k`` (None: the configured default), checked, at most the classes."""
+        return min(_top_k(raw, cfg.top_k_default), self.classes)
+
+    def predictions(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """Per image: the best class (``digit`` for the digit models), its label and probability,
+        and the ``k`` most likely labels (also the typed ``classify_*`` answers)."""
+        order = np.argsort(-probs, axis=1)[:, :k]
+        top = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, once
+        labels, first = self.labels, "digit" if self.digits else "class"
+        return [{first: row[0], "label": labels[row[0]], "probability": p[0],
+                 "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
+                for row, p in zip(order.tolist(), top, strict=True)]
 
     # -- /v2 ------------------------------------------------------------------------------------
     def inputs(self) -> tuple[Port, ...]:

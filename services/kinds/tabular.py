@@ -46,15 +46,22 @@ class Tabular(Kind):
         payload = await call.json_object("'rows'")
         if "rows" not in payload:
             raise InvalidInput("expected a JSON object with 'rows'", field="rows")
-        rows = codecs.decode_rows(payload["rows"], call.plane.config.max_items_per_request,
-                                  self.features)
-        probability = await self._probability(call.plane, call.loaded, rows)
+        probability = await self.rows_probability(call.plane, call.loaded, payload["rows"])
         if call.wants_npy:
             return npy_response(probability)
+        return {"predictions": self.predictions(probability)}
+
+    async def rows_probability(self, plane: DataPlane, loaded: LoadedVersion, rows: Any) -> np.ndarray:
+        """Rows (JSON: named features or lists of numbers), checked → [N, 1] probabilities (also
+        the typed ``predict_rows``)."""
+        features = codecs.decode_rows(rows, plane.config.max_items_per_request, self.features)
+        return await self._probability(plane, loaded, features)
+
+    def predictions(self, probability: np.ndarray) -> list[dict[str, Any]]:
+        """Per row: the probability of the positive class and the label."""
         labels = self.spec.labels
-        return {"predictions": [{"probability": p, "label": labels[i]} for p, i in
-                                zip(probability[:, 0].tolist(), labels_of(probability).tolist(),
-                                    strict=True)]}
+        return [{"probability": p, "label": labels[i]} for p, i in
+                zip(probability[:, 0].tolist(), labels_of(probability).tolist(), strict=True)]
 
     def inputs(self) -> tuple[Port, ...]:
         return (Port(self.spec.inputs[0].name, "FP32", (-1, len(self.features))),)

@@ -66,27 +66,37 @@ class TextGenerator(Kind):
                 "state": np.zeros((arch["layers"], batch, arch["hidden"]), np.float32)}
 
     # -- /v1 ------------------------------------------------------------------------------------
-    async def _prompt(self, call: Call, new_chars: int | None) -> tuple[dict[str, Any], str, int]:
-        payload = await call.json_object("'prompt'")
+    def _prompt(self, plane: DataPlane, payload: dict[str, Any], new_chars: int | None) -> tuple[str, int]:
+        """The prompt and the characters to generate (``new_chars``: the default; None: none),
+        checked against the work bounds."""
         prompt = payload.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidInput("prompt must be a non-empty string", field="prompt")
-        cfg = call.plane.config
+        cfg = plane.config
         n = 0 if new_chars is None else codecs.number_field(payload, "max_new_chars", new_chars, int, 1,
                                                             cfg.max_new_chars)
         textgen.check_work([prompt], n, cfg)
-        return payload, prompt, n
+        return prompt, n
 
     async def v1_generate(self, call: Call) -> dict[str, Any]:
-        payload, prompt, n = await self._prompt(call, DEFAULT_NEW_CHARS)
-        text, unknown = await textgen.generate(call.plane, call.loaded, prompt, n,
-                                               *_sampling(payload, call.loaded))
-        return {"prompt": prompt, "text": text, "unknown_chars": unknown}
+        return await self.generate(call.plane, call.loaded, await call.json_object("'prompt'"))
 
     async def v1_next(self, call: Call) -> dict[str, Any]:
-        payload, prompt, _ = await self._prompt(call, None)
-        top_k = codecs.number_field(payload, "top_k", 5, int, 1, len(call.loaded.vocab) - 1)
-        dist, unknown = await textgen.next_distribution(call.plane, call.loaded, prompt, top_k)
+        return await self.next(call.plane, call.loaded, await call.json_object("'prompt'"))
+
+    async def generate(self, plane: DataPlane, loaded: LoadedVersion, payload: dict[str, Any]
+                       ) -> dict[str, Any]:
+        """``/v1`` generate's answer to ``payload`` (``prompt``, ``max_new_chars``, ``temperature``,
+        ``top_k``, ``seed``); also the typed ``generate_text``."""
+        prompt, n = self._prompt(plane, payload, DEFAULT_NEW_CHARS)
+        text, unknown = await textgen.generate(plane, loaded, prompt, n, *_sampling(payload, loaded))
+        return {"prompt": prompt, "text": text, "unknown_chars": unknown}
+
+    async def next(self, plane: DataPlane, loaded: LoadedVersion, payload: dict[str, Any]) -> dict[str, Any]:
+        """``/v1`` next's answer to ``payload`` (``prompt``, ``top_k``); also the typed ``next_chars``."""
+        prompt, _ = self._prompt(plane, payload, None)
+        top_k = codecs.number_field(payload, "top_k", 5, int, 1, len(loaded.vocab) - 1)
+        dist, unknown = await textgen.next_distribution(plane, loaded, prompt, top_k)
         return {"prompt": prompt, "next": [{"char": c, "probability": p} for c, p in dist],
                 "unknown_chars": unknown}
 
