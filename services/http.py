@@ -73,6 +73,12 @@ def parse_json(body: bytes) -> Any:
         raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
 
 
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter; most requests have no query string, and parsing an empty one still cost
+    ~3 µs per request on the hot path (issue 15)."""
+    return request.query_params.get(name) if request.scope.get("query_string") else None
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 

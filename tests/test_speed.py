@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,11 +62,14 @@ class _Recorder:
 
 def test_the_hot_apps_plain_asgi_answers_like_the_documented_routes(tmp_path: Path) -> None:
     """``HotEndpoint`` (two ASGI messages) and ``wrap`` (a Starlette response): the same status,
-    body, version headers and metrics, for an answer, a handler's error and an unknown model."""
+    body, version headers and metrics, for an answer, a handler's error, an unknown model and
+    query parameters."""
     digit = {"instances": [[[0.5] * 28] * 28], "top_k": 3}
     requests = [("/v1/models/mnist-fc/predict", {"json": digit}),
                 ("/v1/models/mnist-fc/predict", {"json": {"instances": [[1, 2]]}}),
-                ("/v1/models/nope/predict", {"json": digit})]
+                ("/v1/models/nope/predict", {"json": digit}),
+                ("/v1/models/mnist-fc/predict?top_k=2&preview=1",
+                 {"json": {"instances": digit["instances"]}})]
 
     async def answers(app: Any) -> list[tuple[int, bytes, dict[str, str]]]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
@@ -81,6 +85,8 @@ def test_the_hot_apps_plain_asgi_answers_like_the_documented_routes(tmp_path: Pa
         documented = asyncio.run(answers(create_app(plane)))
         recorded = plane.metrics.requests
     assert hot == documented
-    assert [status for status, _, _ in hot] == [200, 400, 404]
+    assert [status for status, _, _ in hot] == [200, 400, 404, 200]
+    (queried,) = orjson.loads(hot[3][1])["predictions"]  # the query string is read when there is one
+    assert len(queried["top_k"]) == 2 and queried["preview"]
     assert hot[0][2][MODEL_HEADER.lower()] == "mnist-fc" and hot[0][2]["content-type"] == "application/json"
-    assert recorded[:3] == recorded[3:] and [r[3] for r in recorded[:3]] == [200, 400, 404]
+    assert recorded[:4] == recorded[4:] and [r[3] for r in recorded[:4]] == [200, 400, 404, 200]

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from models.labels import labels_of
 from services import codecs, digits
 from services.errors import InvalidInput, PayloadTooLarge, clip
-from services.http import media_type, parse_json
+from services.http import media_type, parse_json, query_param
 from services.kinds.base import (
     BINARY,
     NPY_TYPES,
@@ -196,7 +196,7 @@ class ImageClassifier(Kind):
     async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
         images, top_k = await self._decode(call)
         request = call.request
-        k = min(_top_k(top_k if top_k is not None else request.query_params.get("top_k"),
+        k = min(_top_k(top_k if top_k is not None else query_param(request, "top_k"),
                        call.plane.config.top_k_default), self.classes)
         scores = await self._scores(call.plane, call.loaded, images)
         if call.wants_npy:
@@ -206,7 +206,7 @@ class ImageClassifier(Kind):
             {first: row[0], "label": labels[row[0]], "probability": p[0],
              "top_k": [{"label": labels[j], "probability": q} for j, q in zip(row, p, strict=True)]}
             for row, p in ranked(scores, k)]
-        if self.digits and request.query_params.get("preview") in ("1", "true"):
+        if self.digits and query_param(request, "preview") in ("1", "true"):
             for prediction, image in zip(predictions, images, strict=True):  # issue 12: what the model saw
                 prediction["preview"] = digits.preview_png(image)
         return {"predictions": predictions}
