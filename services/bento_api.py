@@ -96,7 +96,7 @@ async def classify_images(plane: DataPlane, ctx: Any, images: list[Path], model:
         k = kind.top_k(top_k, cfg)
         pixels = await kind.decode_files(cfg, [(f"images[{i}]", path.read_bytes())
                                                for i, path in enumerate(images)])
-        return kind.predictions(await kind.probabilities(plane, loaded, pixels), k)
+        return kind.predictions(await kind.scores(plane, loaded, pixels), k)
 
     return await answer(plane, ctx, "classify_images", work)
 
@@ -110,8 +110,8 @@ async def classify_tensor(plane: DataPlane, ctx: Any, pixels: np.ndarray, model:
         kind = loaded.kind
         k = kind.top_k(top_k, plane.config)
         (port,) = kind.inputs()
-        out = await kind.infer(plane, loaded, {port.name: np.asarray(pixels)}, {}, {"probabilities"})
-        return kind.predictions(out["probabilities"], k)
+        out = await kind.infer(plane, loaded, {port.name: np.asarray(pixels)}, {}, set())
+        return kind.predictions(out[kind.spec.outputs[0].name], k)  # the scores
 
     return await answer(plane, ctx, "classify_tensor", work)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,6 +23,8 @@ log = logging.getLogger("podium.http")
 
 MODEL_HEADER = "Podium-Model"
 VERSION_HEADER = "Podium-Model-Version"
+MODEL_HEADER_BYTES, VERSION_HEADER_BYTES = b"podium-model", b"podium-model-version"
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 class JSON(Response):
@@ -29,6 +32,14 @@ class JSON(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+async def send_json(send: Any, content: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """A 200 JSON answer as two ASGI messages (what ``JSON`` sends, without building a ``Response``)."""
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        _JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -60,6 +71,12 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+
+
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter; most requests have no query string, and parsing an empty one still cost
+    ~3 µs per request on the hot path (issue 15)."""
+    return request.query_params.get(name) if request.scope.get("query_string") else None
 
 
 def media_type(request: Request) -> str:
