@@ -246,7 +246,7 @@ class ImageClassifier(Kind):
                                field=f"{port.name}.shape")
         check_items(image.shape[0], "images", plane.config.max_items_per_request)
         pixels = codecs.normalize_pixels(image.reshape(-1, *self.shape), port.name)
-        scores = await self._scores(plane, loaded, pixels)
+        scores = await self.scores(plane, loaded, pixels)
         out = {self.spec.outputs[0].name: scores}
         if "probabilities" in wanted:
             out["probabilities"] = codecs.softmax(scores).astype(np.float32, copy=False)
