@@ -40,7 +40,7 @@ from services.dataplane import DataPlane
 from services.edge import send_json_error
 from services.errors import InvalidInput, PodiumError, clip
 from services.http import MODEL_HEADER, VERSION_HEADER, Exchange, Timer, error_response
-from services.protocol import _check_inputs as check_inputs  # /v2's checks of named tensors
+from services.protocol import check_inputs  # /v2's checks of named tensors
 from services.repository import LoadedVersion
 
 Answer = Any  # what a typed API returns: its result, or a JSON error response

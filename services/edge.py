@@ -48,6 +48,8 @@ from _bentoml_sdk import Service
 from starlette.middleware import Middleware
 from starlette.routing import Mount, compile_path
 
+from services.errors import clip
+
 log = logging.getLogger("podium.edge")
 
 Scope = dict[str, Any]
@@ -77,8 +79,7 @@ async def send_json_error(send: Any, status: int, message: str, close: bool = Fa
 
 
 def _echo(scope: Scope) -> str:
-    path = scope.get(PATH_KEY) or scope["path"]
-    return path if len(path) <= ECHO_MAX else path[:ECHO_MAX] + "…"
+    return clip(scope.get(PATH_KEY) or scope["path"], ECHO_MAX)
 
 
 class _Reply:

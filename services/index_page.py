@@ -27,7 +27,7 @@ from starlette.routing import Route
 from services.dataplane import DataPlane
 from services.errors import PodiumError
 from services.http import ERROR_RESPONSES, error_response
-from services.protocol import _server_version as podium_version
+from services.protocol import server_version as podium_version
 from services.repository import LoadedVersion
 from services.routes import TABLE
 

@@ -31,7 +31,7 @@ RESERVED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end", "priorit
                        "headers", "binary_data_output"}
 
 
-def _check_inputs(kind: Kind, name: str, tensors: dict[str, oip_codec.Tensor]) -> dict[str, Any]:
+def check_inputs(kind: Kind, name: str, tensors: dict[str, oip_codec.Tensor]) -> dict[str, Any]:
     expected = {port.name: port for port in kind.inputs()}
     for tensor in tensors.values():
         port = expected.get(tensor.name)
@@ -76,7 +76,7 @@ async def infer(ex: Exchange, name: str, version: str | None = None) -> Response
                                 request.headers.get("content-encoding"), limit)
     decoded = oip_codec.decode_request(body, request.headers.get(HEADER_LENGTH))
     kind = loaded.kind
-    inputs = _check_inputs(kind, name, decoded.inputs)
+    inputs = check_inputs(kind, name, decoded.inputs)
     _check_parameters(kind, name, decoded.parameters)
     wanted = _wanted(kind, name, decoded)
     results = await kind.infer(plane, loaded, inputs, decoded.parameters, set(wanted))
@@ -128,7 +128,7 @@ async def model_ready(ex: Exchange, name: str, version: str | None = None) -> di
     return {"name": name, "version": loaded.version, "ready": True}
 
 
-def _server_version() -> str:
+def server_version() -> str:
     try:
         return importlib.metadata.version("podium")
     except importlib.metadata.PackageNotFoundError:  # a bento carries the source, not the dist
@@ -136,7 +136,7 @@ def _server_version() -> str:
 
 
 async def server_metadata(ex: Exchange) -> dict[str, Any]:
-    return {"name": "podium", "version": _server_version(), "extensions": EXTENSIONS}
+    return {"name": "podium", "version": server_version(), "extensions": EXTENSIONS}
 
 
 async def live(ex: Exchange) -> dict[str, Any]:
