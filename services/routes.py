@@ -221,7 +221,8 @@ class HotEndpoint:
 
 
 def hot_app(plane: DataPlane) -> Starlette:
-    """The inference routes without FastAPI (mounted in front of ``create_app``)."""
+    """The inference routes without FastAPI: ``services.edge`` dispatches their paths straight to
+    this app's router, outside BentoML's app (issue 15); ``create_app`` documents them."""
     return Starlette(routes=[StarletteRoute(r.path, HotEndpoint(plane, r), methods=[r.method])
                              for r in TABLE if r.hot])
 
