@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from models.catalog import DIABETES_FEATURES
-from models.textcodec import encode_text  # noqa: F401  (moved there, issue 14)
 from services import digits
 from services.errors import InvalidInput, PayloadTooLarge, clip
 
