@@ -29,6 +29,8 @@ class DataPlane:
         self.metrics: Any = None
         self.rollout: Rollout | None = None
         self.draining = False  # set on SIGTERM (services.worker): readiness turns 503 at once
+        # HTTP requests inside this worker's apps now (counted by services.edge; event loop only)
+        self.inflight = 0
 
     @property
     def ready(self) -> bool:

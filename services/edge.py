@@ -169,9 +169,11 @@ def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
 
 
 class _Flags:
-    """The drain flag of an ``Edge`` given no data plane (tests of the wrapper alone)."""
+    """The drain flag and request count of an ``Edge`` given no data plane (tests of the wrapper
+    alone)."""
 
     draining = False
+    inflight = 0
 
 
 def hot_matcher(app: Any) -> Callable[[str], Any]:
@@ -188,8 +190,9 @@ class Edge:
     """The ASGI app uvicorn runs in a worker: ``app`` (BentoML's) behind the rules above, and the
     paths of ``hot`` (the data plane's ASGI app, if given) sent straight to it.
 
-    ``plane`` holds the one drain flag (``draining``: set by ``services.worker`` on SIGTERM);
-    ``inflight`` (the HTTP requests inside either app now) is read by the worker's drain."""
+    ``plane`` holds the one drain flag (``draining``: set by ``services.worker`` on SIGTERM) and
+    the count of HTTP requests inside either app now (``inflight``: read by the worker's drain,
+    and by the batcher, which runs a request alone in the worker without a thread hand-off)."""
 
     def __init__(self, app: Any, on_startup: Any = None, hot: Any = None, plane: Any = None) -> None:
         self.app = app
@@ -197,7 +200,6 @@ class Edge:
         self.hot = hot
         self.is_hot = hot_matcher(hot) if hot is not None else None
         self.plane = plane if plane is not None else _Flags()
-        self.inflight = 0
 
     @property
     def draining(self) -> bool:
@@ -206,6 +208,10 @@ class Edge:
     @draining.setter
     def draining(self, value: bool) -> None:
         self.plane.draining = value
+
+    @property
+    def inflight(self) -> int:
+        return self.plane.inflight
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -227,7 +233,8 @@ class Edge:
             scope = {**scope, "method": "GET"}
         app = self.hot if self.is_hot is not None and self.is_hot(scope["path"]) else self.app
         reply = _Reply(scope, send, trace)
-        self.inflight += 1
+        plane = self.plane
+        plane.inflight += 1
         try:
             await app(scope, receive, reply)
         except Exception:
@@ -238,7 +245,7 @@ class Edge:
             await send_json_error(send, 500, "internal server error",
                                   headers=[(TRACEPARENT, trace)] if trace else None)
         finally:
-            self.inflight -= 1
+            plane.inflight -= 1
 
     def _lifespan_send(self, send: Any) -> Any:
         async def lifespan_send(message: dict[str, Any]) -> None:

@@ -14,6 +14,11 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
 - **Orphan watchdog.** A worker whose parent (the ``bentoml serve`` arbiter) died drains and
   exits instead of serving on unsupervised: a process-group kill of the arbiter misses the
   workers, which circus starts in their own process groups.
+- **One write per answer.** uvicorn writes an answer's head when the app sends
+  ``http.response.start`` and its body with the next message: two ``send`` syscalls and two TCP
+  segments for every small answer, so the client wakes twice. ``CoalescingCycle`` holds the head
+  and writes it with the first body chunk in one ``writelines`` (one ``writev``); a ``HEAD``
+  answer, a connection closing or the end of an answer without a body flush it.
 - **Slow clients.** uvicorn has keep-alive timeouts but none for reading a request:
   ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
   ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
@@ -37,7 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from services.config import ServeConfig
 
@@ -47,6 +56,60 @@ NOSNIFF = (b"x-content-type-options", b"nosniff")
 LINGER_S = 2.0  # after refusing a request, keep reading (and dropping) so the client sees why
 DRAIN_POLL_S = 0.05
 SHUTDOWN_CANCEL_S = 1.0  # once drained, what uvicorn may still wait before cancelling tasks
+
+
+class _HeldHead:
+    """A request's transport as its ``CoalescingCycle`` sees it: while ``holding``, a write (the
+    answer's head) is kept; the next write sends it and that data in one call. Everything else
+    is the connection's own transport."""
+
+    __slots__ = ("transport", "head", "holding")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.holding = False
+
+    def write(self, data: bytes) -> None:
+        if self.holding:
+            self.head = data
+        elif self.head is not None:
+            head, self.head = self.head, None
+            self.transport.writelines((head, data))
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the transport's
+        return getattr(self.transport, name)
+
+
+class CoalescingCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing an answer's head with its first body chunk."""
+
+    transport: _HeldHead
+
+    async def send(self, message: Any) -> None:
+        held = self.transport
+        if message["type"] == "http.response.start" and not self.response_started:
+            held.holding = True
+            try:
+                await super().send(message)
+            finally:
+                held.holding = False
+            return
+        await super().send(message)
+        if self.response_complete:  # an answer without a body (HEAD, 204) has its head still held
+            held.flush()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -90,6 +153,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_headers = False
         self.deadline = self.loop.time() + self.body_timeout_s
         super().on_headers_complete()
+        cycle = self.cycle  # just made by uvicorn; its task has not run yet
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            cycle.__class__ = CoalescingCycle
+            cycle.transport = _HeldHead(cycle.transport)
 
     def on_message_complete(self) -> None:
         self.deadline = None

@@ -126,6 +126,7 @@ def test_the_hot_matcher_takes_exactly_the_hot_apps_routes(spied: tuple[Edge, li
 
 class _Plane:
     draining = False
+    inflight = 0
 
 
 def _hot_app() -> Starlette:
