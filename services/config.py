@@ -80,6 +80,9 @@ class ServeConfig(BaseSettings):
                             "worker_count()'s rule: one per usable core (affinity and container "
                             "CPU limit), at most AUTO_WORKERS_MAX; "
                             "one with device=cuda")
+    balance_connections: bool = Field(
+        True, description="each worker accepts on its own SO_REUSEPORT socket, so the kernel "
+                          "spreads connections evenly over the workers (services.worker)")
     # -- end of issue 15 -------------------------------------------------------------------------
     runtime: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -23,6 +23,13 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
   ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
   periodic sweep checks the deadlines: no timer per request.
+- **Balanced accept.** BentoML's workers all accept on one socket the arbiter bound; whichever
+  worker wakes first takes every connection waiting, and a client opening 64 keep-alive
+  connections at once could find all 64 on one worker while the other idled (seen in 1 of 4 runs
+  here). With ``balance_connections`` each worker, once serving, opens its own ``SO_REUSEPORT``
+  listener on the same address, stops listening on the shared socket and takes that socket out of
+  the port's group (``shutdown``): the kernel then hashes each new connection to one worker.
+  A worker restarted later re-listens on the shared socket for a moment and does the same.
 - **Strict start-up.** A worker that cannot load a version under ``strict`` leaves why in a file
   the server process named and stops the server, which then exits 1 with that one line
   (BentoML's arbiter itself exits 0 once stopped, and circus would restart the worker forever).
@@ -32,9 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -279,6 +288,49 @@ class Lifecycle:
                 self.begin_drain("the parent process exited")
 
 
+async def balance(server: Any, backlog: int) -> None:
+    """This worker's own ``SO_REUSEPORT`` listener on the shared socket's address, serving what
+    uvicorn serves; then the shared socket leaves the port (see the module docstring)."""
+    while not server.started:  # uvicorn creates its listeners after the lifespan start-up
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.01)
+    uv, loop = server.config, asyncio.get_running_loop()
+    listening = [sock for listener in server.servers for sock in listener.sockets]
+    if len(listening) != 1 or not hasattr(socket, "SO_REUSEPORT"):
+        return  # BentoML hands its worker one socket (``--fd``); anything else is left alone
+    shared = socket.socket(fileno=os.dup(listening[0].fileno()))
+    try:
+        if shared.family not in (socket.AF_INET, socket.AF_INET6) or shared.type != socket.SOCK_STREAM:
+            return
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the group admits its port
+        own = socket.socket(shared.family, socket.SOCK_STREAM)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        own.bind(shared.getsockname())
+        own.listen(backlog)
+        own.setblocking(False)
+
+        def create_protocol(_loop: Any = None) -> asyncio.Protocol:  # what uvicorn's startup makes
+            return uv.http_protocol_class(config=uv, server_state=server.server_state,
+                                          app_state=server.lifespan.state, _loop=_loop)
+
+        mine = await loop.create_server(create_protocol, sock=own, ssl=uv.ssl, backlog=backlog)
+        for listener in server.servers:  # stop polling the shared socket, then take it out
+            listener.close()
+        server.servers = [mine]
+        try:
+            shared.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:  # ENOTCONN: another worker took it out first
+            if exc.errno != errno.ENOTCONN:
+                raise
+        log.info("accepting on this worker's own SO_REUSEPORT listener (balance_connections)")
+    except OSError as exc:
+        log.warning("connections not balanced over workers (balance_connections): %s", exc)
+    finally:
+        shared.close()
+
+
 def start(config: ServeConfig, edge: Any) -> Lifecycle | None:
     """Called once per worker at lifespan start-up (``services.edge``)."""
     server = uvicorn_server()
@@ -296,6 +348,8 @@ def start(config: ServeConfig, edge: Any) -> Lifecycle | None:
         uv.encoded_headers.append(NOSNIFF)  # uvicorn's default headers: on every answer it sends
     lifecycle = Lifecycle(config, edge, server)
     lifecycle.start()
+    if config.balance_connections:
+        lifecycle._spawn(balance(server, uv.backlog))
     return lifecycle
 
 

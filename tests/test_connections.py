@@ -1,0 +1,150 @@
+"""How a worker's connections are written to and spread (issue 15, services.worker):
+
+- one write per answer: uvicorn's cycle holds an answer's head and sends it with the first body
+  chunk (fast, in-process, against a recording transport);
+- balanced accept: under a real two-worker ``bentoml serve`` each worker accepts on its own
+  ``SO_REUSEPORT`` listener, the shared socket no longer listens, and a client's connections are
+  spread over both workers; ``balance_connections=false`` keeps BentoML's one shared socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from services.launch import process_tree, serve
+from services.worker import CoalescingCycle, _HeldHead
+
+
+class _Transport:
+    """A transport that records each call that would be one ``send``/``writev`` syscall."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        self.calls.append(b"".join(chunks))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Flow:
+    write_paused = False
+
+
+def _cycle(method: str = "POST", keep_alive: bool = True) -> tuple[CoalescingCycle, _Transport]:
+    transport = _Transport()
+    cycle = RequestResponseCycle(
+        scope={"method": method, "path": "/", "http_version": "1.1", "type": "http"},
+        transport=transport, flow=_Flow(), logger=None, access_logger=None, access_log=False,
+        default_headers=[], message_event=asyncio.Event(), expect_100_continue=False,
+        keep_alive=keep_alive, on_response=lambda: None)
+    cycle.__class__ = CoalescingCycle  # what GuardedProtocol.on_headers_complete does
+    cycle.transport = _HeldHead(transport)
+    return cycle, transport
+
+
+def _answer(cycle: CoalescingCycle, body: bytes, chunks: int = 1) -> None:
+    async def run() -> None:
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        step = max(1, len(body) // chunks)
+        parts = [body[i:i + step] for i in range(0, len(body), step)] or [b""]
+        for i, part in enumerate(parts):
+            await cycle.send({"type": "http.response.body", "body": part,
+                              "more_body": i < len(parts) - 1})
+    asyncio.run(run())
+
+
+def test_an_answer_goes_out_in_one_write_head_first() -> None:
+    cycle, transport = _cycle()
+    _answer(cycle, b'{"ok":true}')
+    assert len(transport.calls) == 1
+    head, body = transport.calls[0].split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 11" in head
+    assert body == b'{"ok":true}' and cycle.response_complete
+
+
+def test_a_streamed_answer_sends_its_head_with_the_first_chunk_only() -> None:
+    cycle, transport = _cycle()
+    _answer(cycle, b"abcdefgh", chunks=4)
+    assert len(transport.calls) == 4
+    assert transport.calls[0].endswith(b"\r\n\r\nab") and transport.calls[1:] == [b"cd", b"ef", b"gh"]
+
+
+def test_an_answer_without_a_body_still_sends_its_head() -> None:
+    cycle, transport = _cycle(method="HEAD")  # uvicorn writes no body for HEAD
+    _answer(cycle, b"12345")
+    assert len(transport.calls) == 1 and transport.calls[0].endswith(b"\r\n\r\n")
+    cycle, transport = _cycle(keep_alive=False)  # the connection closes after the answer
+    _answer(cycle, b"")
+    assert len(transport.calls) == 1 and transport.calls[0].endswith(b"\r\n\r\n")
+    assert transport.closed
+
+
+# -- balanced accept under a real two-worker server ---------------------------------------------
+
+def _workers(running: Any) -> list[psutil.Process]:
+    return [p for p in process_tree(running.proc.pid)
+            if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+
+
+def _tcp(proc: psutil.Process, port: int, status: str) -> list[Any]:
+    return [c for c in proc.net_connections("tcp") if c.laddr and c.laddr.port == port
+            and c.status == status]
+
+
+def _listeners(port: int) -> int:
+    """How many sockets listen on ``port`` (a connection to each would be accepted)."""
+    return sum(1 for c in psutil.net_connections("tcp")
+               if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_connections_are_spread_over_the_workers(tiny_store: Path, tmp_path: Path, balanced: bool) -> None:
+    env = {"PODIUM_WORKERS": "2", "PODIUM_MODELS": "diabetes", "PODIUM_DEVICE": "cpu",
+           "PODIUM_BALANCE_CONNECTIONS": json.dumps(balanced)}
+    with serve(tiny_store, tmp_path, env=env) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        workers = _workers(running)
+        assert len(workers) == 2
+        if not balanced:  # BentoML's one shared socket, listening in every process
+            assert _listeners(port) == 1
+            return
+        for _ in range(100):  # each worker opens its listener once uvicorn serves (≤ 10 ms)
+            if all(_tcp(w, port, psutil.CONN_LISTEN) for w in workers):
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert all(len(_tcp(w, port, psutil.CONN_LISTEN)) == 1 for w in workers)
+        assert _listeners(port) == 2  # the workers' own: the shared socket left the port
+        connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(40)]
+        try:
+            for conn in connections:  # one request each: every connection accepted and answered
+                conn.request("POST", "/v1/models/diabetes/predict", body=json.dumps(
+                    {"rows": [[0.0] * 8]}), headers={"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                assert (answer.status, bool(answer.read())) == (200, True)
+            counts = [len(_tcp(w, port, psutil.CONN_ESTABLISHED)) for w in workers]
+            # 40 connections hashed over 2 listeners: fewer than 5 on one has p ≈ 1e-7
+            assert sum(counts) == 40 and min(counts) >= 5, counts
+        finally:
+            for conn in connections:
+                conn.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # still accepting after all that
