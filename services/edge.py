@@ -198,7 +198,8 @@ class Edge:
         self.app = app
         self.on_startup = on_startup
         self.hot = hot
-        self.is_hot = hot_matcher(hot) if hot is not None else None
+        # The hot app's own cached match when it has one (routes.HotApp), else its routes' regex.
+        self.is_hot = (getattr(hot, "match", None) or hot_matcher(hot)) if hot is not None else None
         self.plane = plane if plane is not None else _Flags()
 
     @property

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
+from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from services import admin, app, protocol
@@ -220,11 +220,63 @@ class HotEndpoint:
             (VERSION_HEADER_BYTES, loaded.version.encode("latin-1"))))
 
 
-def hot_app(plane: DataPlane) -> Starlette:
-    """The inference routes without FastAPI: ``services.edge`` dispatches their paths straight to
-    this app's router, outside BentoML's app (issue 15); ``create_app`` documents them."""
-    return Starlette(routes=[StarletteRoute(r.path, HotEndpoint(plane, r), methods=[r.method])
-                             for r in TABLE if r.hot])
+class HotApp:
+    """The inference routes as one plain ASGI app: a path seen before is one dict lookup to its
+    endpoint per method and its path parameters (Starlette's router matched every route's regex
+    and copied the scope per request). ``routes`` lists them as Starlette routes, for the edge's
+    matcher and the metrics' route templates. A path it does not serve gets Starlette's plain 404,
+    a method a path does not take its plain 405 with ``Allow`` (the edge makes both JSON)."""
+
+    SEEN_MAX = 4096  # concrete paths remembered; past it a path is matched every time
+
+    def __init__(self, plane: DataPlane) -> None:
+        hot = [r for r in TABLE if r.hot]
+        self.routes = [StarletteRoute(r.path, HotEndpoint(plane, r), methods=[r.method]) for r in hot]
+        by_path: dict[str, dict[str, HotEndpoint]] = {}
+        for route, starlette_route in zip(hot, self.routes, strict=True):
+            by_path.setdefault(route.path, {})[route.method] = starlette_route.app
+        self._patterns = [(compile_path(path)[0], endpoints) for path, endpoints in by_path.items()]
+        self._seen: dict[str, tuple[dict[str, HotEndpoint], dict[str, str]] | None] = {}
+
+    def match(self, path: str) -> tuple[dict[str, HotEndpoint], dict[str, str]] | None:
+        """The endpoints (by method) serving ``path`` and its path parameters, or None."""
+        try:
+            return self._seen[path]
+        except KeyError:
+            pass
+        found = None
+        for regex, endpoints in self._patterns:
+            if (m := regex.match(path)) is not None:
+                found = (endpoints, m.groupdict())
+                break
+        if len(self._seen) < self.SEEN_MAX:
+            self._seen[path] = found
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # in-process clients (TestClient) send one
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        found = self.match(scope["path"])
+        if found is None:
+            await Response("Not Found", status_code=404)(scope, receive, send)
+            return
+        endpoints, params = found
+        endpoint = endpoints.get(scope["method"])
+        if endpoint is None:
+            await Response("Method Not Allowed", status_code=405,
+                           headers={"Allow": ", ".join(endpoints)})(scope, receive, send)
+            return
+        scope["path_params"] = dict(params)
+        await endpoint(scope, receive, send)
+
+
+def hot_app(plane: DataPlane) -> HotApp:
+    """The inference routes without FastAPI or a router: ``services.edge`` dispatches their paths
+    straight to this app, outside BentoML's app (issue 15); ``create_app`` documents them."""
+    return HotApp(plane)
 
 
 def create_app(plane: DataPlane, served: dict[str, str] | None = None) -> FastAPI:

@@ -190,7 +190,8 @@ def _on_startup(front: edge.Edge) -> None:
 
 
 # The inference routes are served by ``hot_app`` straight from the edge, outside BentoML's app
-# and FastAPI (issue 15); FastAPI keeps documented copies of them for the OpenAPI page. Its bare
-# router: the edge already answers errors in JSON, and Starlette's two app-level middlewares cost
-# ~10 µs of ~33 µs per request in-process (the handlers catch their own errors).
-edge.install(Podium, on_startup=_on_startup, data_plane=lambda: inference_app.router, plane=PLANE)
+# and FastAPI (issue 15); FastAPI keeps documented copies of them for the OpenAPI page. No
+# Starlette app or router around them: the edge already answers errors in JSON, Starlette's two
+# app-level middlewares cost ~10 µs of ~33 µs per request in-process (the handlers catch their own
+# errors), and its router matched every route's regex per request (routes.HotApp caches a path).
+edge.install(Podium, on_startup=_on_startup, data_plane=lambda: inference_app, plane=PLANE)

@@ -90,3 +90,29 @@ def test_the_hot_apps_plain_asgi_answers_like_the_documented_routes(tmp_path: Pa
     assert len(queried["top_k"]) == 2 and queried["preview"]
     assert hot[0][2][MODEL_HEADER.lower()] == "mnist-fc" and hot[0][2]["content-type"] == "application/json"
     assert recorded[:4] == recorded[4:] and [r[3] for r in recorded[:4]] == [200, 400, 404, 200]
+
+
+def test_the_hot_app_dispatches_like_a_router_remembering_a_bounded_number_of_paths(
+        tmp_path: Path) -> None:
+    """``HotApp`` (no Starlette router): path parameters, 404 and 405 (with ``Allow``) as the router
+    gave them; a path is matched once, and at most ``SEEN_MAX`` paths are remembered."""
+    with plane_of(tmp_path, _Recorder()) as plane:
+        app = hot_app(plane)
+        endpoints, params = app.match("/v1/models/m/versions/v9/predict")
+        assert params == {"name": "m", "version": "v9"} and list(endpoints) == ["POST"]
+        for path in ("/v1/models/m/predict/x", "/v1/models//predict", "/v2/models/m/versions/infer"):
+            assert app.match(path) is None, path
+        app.SEEN_MAX = len(app._seen) + 3
+        for i in range(10):  # random model names cannot grow the memory past the bound
+            assert app.match(f"/v2/models/m{i}/infer")[1] == {"name": f"m{i}"}
+        assert len(app._seen) == app.SEEN_MAX
+
+        async def ask() -> list[httpx.Response]:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+                return [await c.get("/v1/models/mnist-fc/predict"), await c.post("/v1/models"),
+                        await c.post("/v1/models/mnist-fc/versions/nope/predict", json={})]
+
+        wrong_method, unknown, unknown_version = asyncio.run(ask())
+    assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
+    assert unknown.status_code == 404
+    assert unknown_version.status_code == 404 and "nope" in unknown_version.json()["error"]
