@@ -136,7 +136,7 @@ class Batcher:
         request is in flight in the worker now (the data plane counts them); None: a caller
         nothing counts, alone whenever the batcher is idle."""
         if self._closed:
-            raise ServiceOverloaded(f"{self.model}:{self.version} is no longer being served")
+            raise self._gone()
         n = self._batch_of(feeds)
         if n == 0:
             raise InvalidInput("empty batch: send at least one item")
@@ -155,6 +155,8 @@ class Batcher:
             await asyncio.sleep(0)
             if self._may_inline(alone):
                 return self._run_inline(feeds, n)
+            if self._closed:  # unloaded during that turn: never queue on a closed batcher
+                raise self._gone()
         loop = asyncio.get_running_loop()
         if not self.enabled:
             started = time.perf_counter()
@@ -191,6 +193,9 @@ class Batcher:
             raise self._failure(exc) from exc
         self._observe(1, n, time.perf_counter() - started, _NO_WAIT)
         return out
+
+    def _gone(self) -> ServiceOverloaded:
+        return ServiceOverloaded(f"{self.model}:{self.version} is no longer being served")
 
     def _failure(self, exc: Exception) -> InferenceError:
         return InferenceError(f"{self.model}:{self.version} failed: {exc}")

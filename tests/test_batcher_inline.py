@@ -14,7 +14,7 @@ import pytest
 
 from services.batcher import Batcher
 from services.dataplane import DataPlane
-from services.errors import InferenceError
+from services.errors import InferenceError, ServiceOverloaded
 from tests.kinds_support import plane_of
 
 
@@ -141,6 +141,19 @@ def test_concurrent_requests_still_share_batches() -> None:
     sizes = [n for n, _ in model.calls]
     assert sum(sizes) == 21 and max(sizes) > 1 and max(sizes) <= 8
     assert not any(inline for _, inline in model.calls)
+
+
+def test_a_version_unloaded_during_the_loop_turn_answers_503() -> None:
+    model = Model()
+    b = warmed(model)
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(b.close)  # runs in the turn infer yields
+        await asyncio.wait_for(b.infer(one()), timeout=5)
+
+    with pytest.raises(ServiceOverloaded, match="no longer being served"):
+        asyncio.run(main())
+    assert model.calls == []
 
 
 # -- the data plane: ``inflight`` decides -------------------------------------------------------
