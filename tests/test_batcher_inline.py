@@ -45,7 +45,13 @@ class Recorder:
         self.batches.append((requests, items, list(waits)))
 
 
-def warmed(model: Model, inline_max_s: float = 0.001, **kwargs: object) -> Batcher:
+# A slow model's item costs 2 ms against a 6 ms budget: 1 and 2 items under it, 4 and 8 over.
+# Sleeps only ever overshoot, so "over" holds on any machine and "under" keeps a 2 ms margin in
+# the best of three timed runs.
+ITEM_S, BUDGET_S = 0.002, 0.006
+
+
+def warmed(model: Model, inline_max_s: float = BUDGET_S, **kwargs: object) -> Batcher:
     options = {"max_batch_size": 8, "max_latency_s": 5.0, "max_queue_items": 1000,
                "inline_max_s": inline_max_s, **kwargs}
     b = Batcher("m", "v1", model, {"x": 0}, [0], **options)
@@ -59,12 +65,12 @@ def one(n: int = 1, width: int = 3) -> dict[str, np.ndarray]:
 
 
 def test_warm_times_the_cheap_sizes_and_stops_past_the_budget() -> None:
-    model = Model(per_item=0.0004)  # 1 item: 0.4 ms, 2: 0.8 ms, 4: 1.6 ms (over 1 ms), 8: 3.2 ms
+    model = Model(per_item=ITEM_S)
     b = Batcher("m", "v1", model, {"x": 0}, [0], max_batch_size=8, max_latency_s=5.0,
-                max_queue_items=100, inline_max_s=0.001)
+                max_queue_items=100, inline_max_s=BUDGET_S)
     b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [1, 2, 4, 8])
     assert sorted(b.costs) == [1, 2, 4]  # 8 is left unknown: never inline
-    assert b.costs[1] >= 0.0004 and b.costs[4] >= 0.0016
+    assert b.costs[1] >= ITEM_S and b.costs[4] >= 4 * ITEM_S
     # Every size ran once (the warm-up), the timed ones 3 more times.
     assert [n for n, _ in model.calls] == [1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8]
 
@@ -94,10 +100,10 @@ def test_a_request_not_alone_takes_the_inference_thread(enabled: bool) -> None:
 
 
 def test_unknown_or_costly_sizes_and_a_zero_budget_never_run_inline() -> None:
-    model = Model(per_item=0.0004)
+    model = Model(per_item=ITEM_S)
     b = warmed(model)  # 1, 2 and 4 items measured; 8 not
     asyncio.run(b.infer(one(2)))
-    asyncio.run(b.infer(one(3)))  # the bucket of 4: 1.6 ms, over the budget
+    asyncio.run(b.infer(one(3)))  # the bucket of 4: 8 ms, over the budget
     asyncio.run(b.infer(one(8)))  # unmeasured
     assert model.calls == [(2, True), (3, False), (8, False)]
 
@@ -108,10 +114,10 @@ def test_unknown_or_costly_sizes_and_a_zero_budget_never_run_inline() -> None:
 
 
 def test_items_larger_than_the_warm_ups_scale_the_cost() -> None:
-    model = Model(per_item=0.0004)
+    model = Model(per_item=ITEM_S)
     b = warmed(model)
-    asyncio.run(b.infer(one(1, width=3)))   # as warmed: 0.4 ms
-    asyncio.run(b.infer(one(1, width=12)))  # 4× the elements: 1.6 ms estimated, over the budget
+    asyncio.run(b.infer(one(1, width=3)))   # as warmed: 2 ms
+    asyncio.run(b.infer(one(1, width=12)))  # 4× the elements: 8 ms estimated, over the budget
     assert model.calls == [(1, True), (1, False)]
 
 
@@ -129,8 +135,8 @@ def test_inline_and_threaded_failures_are_inference_errors(enabled: bool) -> Non
 def test_concurrent_requests_still_share_batches() -> None:
     """Under load no request is alone (the data plane counts the others): batches form as
     before. And a request that arrives while a batch runs queues, even if it says alone."""
-    model = Model(per_item=0.002)
-    b = warmed(model, inline_max_s=0.05)
+    model = Model(per_item=ITEM_S)
+    b = warmed(model, inline_max_s=0.05)  # every size measured and under the budget
 
     async def main() -> list[list[np.ndarray]]:
         crowd = [b.infer({"x": np.full((1, 3), i, np.float32)}, alone=lambda: False) for i in range(20)]
