@@ -185,9 +185,12 @@ class Repository:
         batcher.warm(lambda batch: kind.warm_feeds(loaded, batch), warm)
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
-        log.info("loaded %s (%s on %s, warmed at batch %s; measured %s)", stored.tag, runtime.kind,
-                 runtime.device, ", ".join(map(str, warm)),
-                 ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()) or "none")
+        log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
+                 ", ".join(map(str, warm)))
+        if batcher.costs:
+            log.info("%s: measured batch costs %s (inline_max_ms %g)", stored.tag,
+                     ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
+                     self.config.inline_max_ms)
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:
