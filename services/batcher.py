@@ -12,6 +12,13 @@ batcher and BentoML's have them:
   past ``max_queue_items`` refuses new work with 503 at once (load shedding, not collapse);
 - observability: batch sizes, requests per batch, queue wait and compute time go to ``/metrics``.
 
+A request that is **alone** — nothing queued or running here, and (the caller says) no other
+HTTP request in the worker — and whose batch size costs at most ``inline_max_s`` (measured at
+load by ``warm``) runs on the event loop thread itself: no future, no thread hand-off, which at
+one request at a time is most of the batcher's cost (a futex wake, a thread-safe callback, an
+eventfd write and two GIL hand-overs). Anything else takes the queue above; under load the
+worker's other requests make no request alone, so batches still form.
+
 Tensors may batch on different axes (the char-rnn state is [layers, batch, hidden]).
 """
 
@@ -22,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,20 +43,32 @@ def _slice(array: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
     return array[(slice(None),) * axis + (slice(start, stop),)]
 
 
-@dataclass
+# The wait an inline run records (it never queued); read only.
+_NO_WAIT = [0.0]
+
+
+@dataclass(slots=True)
 class _Pending:
     feeds: dict[str, np.ndarray]
     n: int
-    key: tuple
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
+    # What must match to share a batch: computed only when another request is there to match.
+    key: tuple | None = None
+
+
+def _seconds(runner: Runner, feeds: dict[str, np.ndarray]) -> float:
+    """How long one run of ``feeds`` takes."""
+    started = time.perf_counter()
+    runner(feeds)
+    return time.perf_counter() - started
 
 
 class Batcher:
     def __init__(self, model: str, version: str, runner: Runner, input_axes: dict[str, int],
                  output_axes: list[int], max_batch_size: int, max_latency_s: float,
                  max_queue_items: int, wait_s: float = 0.0, enabled: bool = True,
-                 metrics: object | None = None) -> None:
+                 metrics: object | None = None, inline_max_s: float = 0.0) -> None:
         self.model, self.version = model, version
         self.runner = runner
         self.input_axes = input_axes
@@ -60,21 +79,64 @@ class Batcher:
         self.wait_s = wait_s
         self.enabled = enabled
         self.metrics = metrics
+        self.inline_max_s = inline_max_s
+        # Warmed batch size → its measured seconds (``warm``); a size not here never runs inline.
+        self.costs: dict[int, float] = {}
+        self._item_sizes: dict[str, int] = {}  # elements per item of each input, as warmed
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
+        self._running = 0  # runs on the inference thread now
         self._driving = False
         self._driver: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model}")
         self._closed = False
 
+    def warm(self, feeds_of: Callable[[int], dict[str, np.ndarray]], sizes: list[int],
+             repeats: int = 3) -> None:
+        """Run the model once at each batch size in ``sizes`` (ascending), so first requests
+        pay no first-run costs, and time the sizes that may run inline: the best of ``repeats``
+        more runs (the best, since a shared machine only ever adds time). Timing stops after
+        the first size over ``inline_max_s`` (a larger batch costs more), so it adds at most
+        ``repeats`` × (the budget + one size) to the load."""
+        timing = self.inline_max_s > 0
+        for size in sizes:
+            feeds = feeds_of(size)
+            self.runner(feeds)
+            if not timing:
+                continue
+            best = min(_seconds(self.runner, feeds) for _ in range(repeats))
+            self.costs[size] = best
+            if not self._item_sizes:
+                self._item_sizes = {k: max(1, v.size // size) for k, v in feeds.items()}
+            timing = best <= self.inline_max_s
+
+    def _cheap(self, feeds: dict[str, np.ndarray], n: int) -> bool:
+        """Whether ``n`` items cost at most ``inline_max_s``: the measured cost of the smallest
+        warmed batch size that holds them, scaled by how much larger than the warm-up's each
+        item is (a longer char-rnn prompt, a bigger tensor of an imported model)."""
+        cost = self.costs.get(min(1 << (n - 1).bit_length(), self.max_batch_size))
+        if cost is None or cost > self.inline_max_s:
+            return False
+        for name, array in feeds.items():
+            per_item = self._item_sizes.get(name)
+            if per_item is None:
+                return False
+            if array.size > n * per_item:
+                cost *= array.size / (n * per_item)
+        return cost <= self.inline_max_s
+
     def _batch_of(self, feeds: dict[str, np.ndarray]) -> int:
         name, axis = next(iter(self.input_axes.items()))
         return int(feeds[name].shape[axis])
 
-    async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The outputs for ``feeds`` (each input batched on its axis), via the shared batches."""
+    async def infer(self, feeds: dict[str, np.ndarray],
+                    alone: Callable[[], bool] | None = None) -> list[np.ndarray]:
+        """The outputs for ``feeds`` (each input batched on its axis), via the shared batches, or
+        on the calling thread when the request is alone and cheap. ``alone``: whether no other
+        request is in flight in the worker now (the data plane counts them); None: a caller
+        nothing counts, alone whenever the batcher is idle."""
         if self._closed:
-            raise ServiceOverloaded(f"{self.model}:{self.version} is no longer being served")
+            raise self._gone()
         n = self._batch_of(feeds)
         if n == 0:
             raise InvalidInput("empty batch: send at least one item")
@@ -84,21 +146,33 @@ class Batcher:
                 stop = min(n, start + self.max_batch_size)
                 chunks.append({k: _slice(v, start, stop, self.input_axes[k])
                                for k, v in feeds.items()})
-            parts = await asyncio.gather(*(self.infer(c) for c in chunks))
+            parts = await asyncio.gather(*(self.infer(c, alone) for c in chunks))
             return [np.concatenate([p[i] for p in parts], axis=ax)
                     for i, ax in enumerate(self.output_axes)]
+        if self._may_inline(alone) and self._cheap(feeds, n):
+            # One turn of the event loop first: requests that arrived with this one (their tasks
+            # are ready, not yet counted) enter and are counted, so a burst queues and batches.
+            await asyncio.sleep(0)
+            if self._may_inline(alone):
+                return self._run_inline(feeds, n)
+            if self._closed:  # unloaded during that turn: never queue on a closed batcher
+                raise self._gone()
         loop = asyncio.get_running_loop()
         if not self.enabled:
             started = time.perf_counter()
-            out = await loop.run_in_executor(self._executor, self.runner, feeds)
-            self._observe(1, n, time.perf_counter() - started, [0.0])
+            self._running += 1
+            try:
+                out = await loop.run_in_executor(self._executor, self.runner, feeds)
+            except Exception as exc:
+                raise self._failure(exc) from exc
+            finally:
+                self._running -= 1
+            self._observe(1, n, time.perf_counter() - started, _NO_WAIT)
             return out
         if self._queued_items + n > self.max_queue_items:
             raise ServiceOverloaded(f"{self.model}: {self._queued_items} items already queued "
                                     f"(max_queue_items={self.max_queue_items}); retry later")
-        key = tuple((k, v.dtype.str, v.shape[:self.input_axes[k]] + v.shape[self.input_axes[k] + 1:])
-                    for k, v in feeds.items())
-        pending = _Pending(feeds, n, key, loop.create_future())
+        pending = _Pending(feeds, n, loop.create_future(), time.monotonic())
         self._queue.append(pending)
         self._queued_items += n
         if not self._driving:
@@ -106,25 +180,66 @@ class Batcher:
             await self._drive(pending)
         return await pending.future
 
+    def _may_inline(self, alone: Callable[[], bool] | None) -> bool:
+        """Nothing queued or running here, and (``alone``) no other request in the worker."""
+        return (not self._running and not self._queue and not self._closed
+                and (alone is None or alone()))
+
+    def _run_inline(self, feeds: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+        started = time.perf_counter()
+        try:
+            out = self.runner(feeds)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        self._observe(1, n, time.perf_counter() - started, _NO_WAIT)
+        return out
+
+    def _gone(self) -> ServiceOverloaded:
+        return ServiceOverloaded(f"{self.model}:{self.version} is no longer being served")
+
+    def _failure(self, exc: Exception) -> InferenceError:
+        return InferenceError(f"{self.model}:{self.version} failed: {exc}")
+
+    def _key(self, p: _Pending) -> tuple:
+        """What ``p`` must share with a batch: each input's dtype and non-batch shape."""
+        if p.key is None:
+            axes = self.input_axes
+            p.key = tuple((k, v.dtype.str, v.shape[:axes[k]] + v.shape[axes[k] + 1:])
+                          for k, v in p.feeds.items())
+        return p.key
+
+    def _expired(self, p: _Pending, now: float) -> bool:
+        """Drop ``p`` from the count if its client went away or it is past the deadline (then
+        it hears 503)."""
+        if p.future.done():  # the client went away
+            self._queued_items -= p.n
+            return True
+        if now - p.enqueued > self.max_latency_s:
+            self._queued_items -= p.n
+            p.future.set_exception(ServiceOverloaded(
+                f"{self.model}: request waited {now - p.enqueued:.2f}s, past the "
+                f"{self.max_latency_s:.2f}s latency deadline; the server is overloaded"))
+            return True
+        return False
+
     def _take(self) -> list[_Pending]:
         now = time.monotonic()
+        if len(self._queue) == 1:  # nothing to match it with: no key, no scan
+            p = self._queue.popleft()
+            if self._expired(p, now):
+                return []
+            self._queued_items -= p.n
+            return [p]
         batch: list[_Pending] = []
         keep: deque[_Pending] = deque()
         total, key = 0, None
         while self._queue:
             p = self._queue.popleft()
-            if p.future.done():  # the client went away
-                self._queued_items -= p.n
-                continue
-            if now - p.enqueued > self.max_latency_s:
-                self._queued_items -= p.n
-                p.future.set_exception(ServiceOverloaded(
-                    f"{self.model}: request waited {now - p.enqueued:.2f}s, past the "
-                    f"{self.max_latency_s:.2f}s latency deadline; the server is overloaded"))
+            if self._expired(p, now):
                 continue
             if key is None:
-                key = p.key
-            if p.key == key and total + p.n <= self.max_batch_size:
+                key = self._key(p)
+            if total + p.n <= self.max_batch_size and self._key(p) == key:
                 batch.append(p)
                 total += p.n
                 self._queued_items -= p.n
@@ -179,9 +294,13 @@ class Batcher:
             else:
                 feeds = {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
                          for k, ax in self.input_axes.items()}
-            outputs = await loop.run_in_executor(self._executor, self.runner, feeds)
+            self._running += 1
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.runner, feeds)
+            finally:
+                self._running -= 1
         except Exception as exc:  # the model failed: every request of the batch hears why
-            error = InferenceError(f"{self.model}:{self.version} failed: {exc}")
+            error = self._failure(exc)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(error)

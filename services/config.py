@@ -107,6 +107,13 @@ class ServeConfig(BaseSettings):
     max_latency_ms: float = Field(5000.0, gt=0,
                                   description="a request queued longer than this gets 503")
     max_queue_items: int = Field(16384, ge=1, description="items queued per model before 503")
+    # -- issue 15 (inline): a lone cheap request runs without the batcher's thread hand-off ------
+    inline_max_ms: float = Field(
+        1.0, ge=0, le=100,
+        description="a request alone in the worker (nothing queued or running, no other HTTP "
+                    "request in flight) whose batch size costs at most this (measured at load) "
+                    "runs on the event loop thread, no thread hand-off; 0 = never")
+    # -- end of issue 15 (inline) ----------------------------------------------------------------
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_items_per_request: int = Field(4096, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=784)

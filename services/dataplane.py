@@ -56,6 +56,10 @@ class DataPlane:
         self.rollout = rollout
         self.repository = repository
 
+    def alone(self) -> bool:
+        """Whether at most one HTTP request (the asking one) is inside this worker's apps."""
+        return self.inflight <= 1
+
     def repo(self) -> Repository:
         if self.repository is None or not self.repository.ready:
             raise ModelNotReady("the server is still loading its models")
@@ -72,13 +76,16 @@ class DataPlane:
 
     async def infer(self, loaded: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``feeds`` on ``loaded`` through its batcher (the one path every front door uses),
-        recording the outcome for the rollout and mirroring it to a shadow candidate."""
+        recording the outcome for the rollout and mirroring it to a shadow candidate. A request
+        that is the worker's only one in flight may run without the batcher's thread hand-off
+        (``Batcher.infer``'s ``alone``)."""
+        alone = self.alone
         rollout = self.rollout
         if rollout is None:
-            return await loaded.infer(feeds)
+            return await loaded.infer(feeds, alone)
         started = time.perf_counter()
         try:
-            outputs = await loaded.infer(feeds)
+            outputs = await loaded.infer(feeds, alone)
         except InvalidInput:  # the client's fault, not the version's
             raise
         except Exception:

@@ -13,7 +13,7 @@ import ctypes
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -55,8 +55,9 @@ class LoadedVersion:
     def architecture(self) -> dict[str, Any]:
         return self.stored.metadata.get("preprocessing", {}).get("architecture", {})
 
-    async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return await self.batcher.infer(feeds)
+    async def infer(self, feeds: dict[str, np.ndarray],
+                    alone: Callable[[], bool] | None = None) -> list[np.ndarray]:
+        return await self.batcher.infer(feeds, alone)
 
     def describe(self) -> dict[str, Any]:
         md = self.stored.metadata
@@ -176,16 +177,20 @@ class Repository:
                           max_latency_s=self.config.max_latency_ms / 1000,
                           max_queue_items=self.config.max_queue_items,
                           wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
-                          metrics=self.metrics)
+                          metrics=self.metrics, inline_max_s=self.config.inline_max_ms / 1000)
         loaded = LoadedVersion(spec, stored, runtime, batcher, kind)
         kind.setup(loaded)
         warm = warm_batch_sizes(max_batch)
-        for batch in warm:  # warm-up: first-request costs paid now
-            runtime.run(kind.warm_feeds(loaded, batch))
+        # First-request costs paid now, and the cheap sizes timed: what may run inline.
+        batcher.warm(lambda batch: kind.warm_feeds(loaded, batch), warm)
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
         log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
                  ", ".join(map(str, warm)))
+        if batcher.costs:
+            log.info("%s: measured batch costs %s (inline_max_ms %g)", stored.tag,
+                     ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
+                     self.config.inline_max_ms)
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:

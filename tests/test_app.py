@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 
 from services import codecs
 from services.dataplane import DataPlane
+from services.edge import Edge
 from services.http import MODEL_HEADER, VERSION_HEADER
 from services.routes import TABLE, create_app, hot_app
 from tests.kinds_support import plane_of
@@ -212,9 +213,10 @@ def test_tensor_kind_npy_needs_one_input(client: TestClient) -> None:
 
 def test_concurrent_tensor_requests_are_batched_together(plane: DataPlane) -> None:
     """Requests in flight together run as one batch over the declared batch axes, each getting
-    its own rows back."""
+    its own rows back. Through the edge, as in a worker: it counts the requests in flight, so
+    none runs alone (inline)."""
     async def run() -> list[dict[str, Any]]:
-        transport = httpx.ASGITransport(app=hot_app(plane))
+        transport = httpx.ASGITransport(app=Edge(None, hot=hot_app(plane), plane=plane))
         async with httpx.AsyncClient(transport=transport, base_url="http://podium") as c:
             return [r.json() for r in await asyncio.gather(*(
                 c.post("/v1/models/two-io/predict", json={"inputs": {"x": [[i, i, i]], "k": [i]}})
