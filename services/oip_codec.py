@@ -245,7 +245,11 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], buf: memoryvi
         raise InvalidInput(f"input {name!r}: shape {list(shape)} of {datatype} needs "
                            f"{count * dtype.itemsize} bytes but binary_data_size is {len(buf)}",
                            field=f"{name}.parameters.binary_data_size")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    array = np.ndarray(shape, dtype, buf)  # a view of the body, no copy
+    # The tensor starts wherever the JSON header ends, so it is rarely aligned for its dtype, and
+    # NumPy's unaligned loops are ~2.5x slower (min/max/isfinite of 1,024 MNIST images: 365 vs
+    # 145 µs); one aligned copy (69 µs there) pays for itself before the model runs.
+    return array if array.flags.aligned else array.copy()
 
 
 def datatype_of(array: np.ndarray) -> str:
