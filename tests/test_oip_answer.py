@@ -1,13 +1,15 @@
 """An OIP inference answer on the hot path (issue 15): ``protocol.infer`` hands back a pre-encoded
 answer (``services.http.Encoded``) that ``routes.HotEndpoint`` sends as two ASGI messages with
 every header an OIP client needs — and the documented FastAPI copy of the route answers the very
-same bytes. Plus the codec's datatype lookup for every datatype and byte order.
+same bytes. Plus what every answer runs: the codec's datatype lookup (every datatype, either
+byte order), aligned binary tensors, the pixel checks and the softmax.
 
 In-process over the tiny real ONNX models of ``tests/kinds_support.py``: seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +18,9 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from services import oip_codec, routes
+from services import codecs, oip_codec, routes
 from services.dataplane import DataPlane
+from services.errors import InvalidInput
 from services.http import Encoded
 from services.routes import create_app, hot_app
 from tests.kinds_support import plane_of
@@ -182,3 +185,25 @@ def test_binary_tensors_come_out_aligned_whatever_the_header_length(pad: int) ->
     decoded = oip_codec.decode_request(header + array.tobytes(), str(len(header)))
     got = decoded.inputs["t"].array
     assert got.flags.aligned and got.dtype == np.dtype("<f8") and (got == array).all()
+
+
+# -- the pixel checks and the softmax every OIP image answer runs (services.codecs) -------------
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (np.nan, "NaN or infinity"), (np.inf, "NaN or infinity"), (-np.inf, "NaN or infinity"),
+    (1.5, "must be in [0, 1]"), (-0.1, "must be in [0, 1]")])
+@pytest.mark.parametrize("where", [0, 783])
+def test_the_two_pass_pixel_check_still_names_each_bad_pixel(bad: float, message: str, where: int) -> None:
+    pixels = np.full((2, 1, 28, 28), 0.5, np.float32)
+    pixels.reshape(-1)[784 + where] = bad
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        codecs.normalize_pixels(pixels, "image")
+    assert codecs.normalize_pixels(np.clip(np.nan_to_num(pixels), 0, 1), "image").dtype == np.float32
+
+
+def test_softmax_in_place_matches_the_textbook_and_keeps_float32() -> None:
+    logits = np.random.default_rng(5).normal(0, 20, (4, 10)).astype(np.float32)
+    got = codecs.softmax(logits)
+    exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    assert got.dtype == np.float32 and np.allclose(got, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
+    assert not np.shares_memory(got, logits)
