@@ -6,7 +6,9 @@ checked against the signature of the model's kind (``services.kinds``: each kind
 input and output tensors and maps them onto the model), then goes through the same version
 selection and ``DataPlane.infer`` (adaptive batcher, runtime, metrics) as the friendly ``/v1``
 API, under the same size limits. The handlers take an ``Exchange`` (``services.routes`` wraps
-each one once: errors → status, metrics, version headers).
+each one once: errors → status, metrics, version headers). ``infer`` answers with its body
+already encoded (``services.http.Encoded``), which the hot app sends without building a Starlette
+``Response``: the OIP path is as lean as ``/v1``'s JSON answers (issue 15).
 """
 
 from __future__ import annotations
