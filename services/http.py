@@ -54,9 +54,9 @@ class Encoded(Response):
     documented FastAPI copies of the routes (``routes.wrap``) answer it unchanged.
 
     ``Response.__init__`` is skipped on purpose: it turns a ``str`` header mapping into bytes
-    pairs, and setting the version headers afterwards goes through ``MutableHeaders`` — ~4 µs of
-    event-loop time per answer, with the body already in hand (the fields ``Response`` sends are
-    all set here).
+    pairs, and setting the version headers afterwards goes through ``MutableHeaders`` — building
+    and sending an OIP answer that way took 4.5 µs of event-loop CPU, this way 1.5 µs (the fields
+    ``Response`` sends are all set here).
     """
 
     def __init__(self, body: bytes, content_type: bytes,
