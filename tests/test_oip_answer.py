@@ -100,7 +100,7 @@ def test_the_hot_app_sends_an_oip_answer_as_two_messages_with_every_header(
         raise AssertionError("an OIP answer went through Response headers (routes._finish)")
 
     monkeypatch.setattr(routes, "_finish", not_on_the_hot_path)
-    start, last = _drive(hot_app(plane).router, *_request(binary))
+    start, last = _drive(hot_app(plane), *_request(binary))
     assert start["type"] == "http.response.start" and last["type"] == "http.response.body"
     assert start["status"] == 200 and not last.get("more_body", False)
     headers = dict(start["headers"])
@@ -126,7 +126,7 @@ def test_the_hot_app_sends_an_oip_answer_as_two_messages_with_every_header(
 @pytest.mark.parametrize("binary", [True, False])
 def test_the_documented_fastapi_route_answers_the_same_bytes(plane: DataPlane, binary: bool) -> None:
     body, headers = _request(binary)
-    start, last = _drive(hot_app(plane).router, body, headers)
+    start, last = _drive(hot_app(plane), body, headers)
     with TestClient(create_app(plane)) as client:
         r = client.post(PATH, content=body, headers={k.decode(): v.decode() for k, v in headers})
     assert r.status_code == 200 and r.content == last["body"]
@@ -136,7 +136,7 @@ def test_the_documented_fastapi_route_answers_the_same_bytes(plane: DataPlane, b
 
 def test_oip_mistakes_on_the_hot_app_stay_json_errors_with_the_version_headers(plane: DataPlane) -> None:
     wrong = {"outputs": [{"name": "nope", "parameters": {"binary_data": True}}]}
-    start, last = _drive(hot_app(plane).router, *_request(True, wrong))
+    start, last = _drive(hot_app(plane), *_request(True, wrong))
     headers = dict(start["headers"])
     assert start["status"] == 400 and headers[b"content-type"] == b"application/json"
     assert headers[b"podium-model"] == b"mnist-fc"
