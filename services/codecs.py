@@ -98,13 +98,18 @@ def as_image_batch(array: np.ndarray, field: str, max_items: int,
 
 
 def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
-    """uint8 / integer 0–255 → /255; floats must already be in [0, 1]. Returns float32."""
+    """uint8 / integer 0–255 → /255; floats must already be in [0, 1]. Returns float32.
+
+    Few passes over the pixels (a 1,024-image ``.npy`` batch is 800k of them): uint8 needs no
+    range check, integers become float32 in one multiply, and a float batch is checked by its
+    min and max alone — NaN makes both NaN and infinities fall outside [0, 1], so the pass that
+    tells them apart runs only when the batch is refused."""
     if batch.dtype == np.bool_ or batch.dtype.kind not in "uif":
         raise InvalidInput(f"pixels must be numbers, got dtype {batch.dtype}", field=field)
     if batch.dtype.kind in "ui":
-        if batch.size and (batch.min() < 0 or batch.max() > 255):
+        if batch.dtype != np.uint8 and batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InvalidInput("integer pixels must be in 0–255", field=field)
-        return batch.astype(np.float32) * np.float32(1 / 255)
+        return np.multiply(batch, np.float32(1 / 255), dtype=np.float32)
     with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused next
         out = batch.astype(np.float32, copy=False)
     # min and max catch NaN (it propagates) and infinity (out of range) as well: two passes over

@@ -181,6 +181,13 @@ class ServeConfig(BaseSettings):
         "HEURISTIC", description="cuDNN convolution algorithm search; EXHAUSTIVE re-benchmarks on "
                                  "every new batch size")
     io_binding: bool = Field(True, description="CUDA: bind batched inputs and outputs in device memory")
+    # -- issue 15 (.npy batches): big request buffers reused, not page-faulted in per request ----
+    heap_keep_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024,
+        description="freed C heap a worker keeps for the next request instead of returning it to "
+                    "the kernel (glibc; allocations up to min(this, 32 MiB) come from the heap): "
+                    "a big body's buffers are reused, not page-faulted in anew; 0 = glibc defaults")
+    # -- end of issue 15 (.npy batches) ----------------------------------------------------------
     # -- process and connection hardening (issue 10) -------------------------------------------
     strict: bool = Field(False, description="a model version that fails to load stops start-up "
                                             "(exit non-zero) instead of being served as not ready")

@@ -57,6 +57,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from services import memory
 from services.config import ServeConfig
 
 log = logging.getLogger("podium.worker")
@@ -333,6 +334,7 @@ async def balance(server: Any, backlog: int) -> None:
 
 def start(config: ServeConfig, edge: Any) -> Lifecycle | None:
     """Called once per worker at lifespan start-up (``services.edge``)."""
+    memory.keep_heap(config.heap_keep_bytes)  # issue 15 (.npy batches): services.memory
     server = uvicorn_server()
     if server is None:
         log.warning("no uvicorn server found: no drain on SIGTERM, no slow-client limits")

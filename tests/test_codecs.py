@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.codecs import mnist_from_image, open_image
+from services.codecs import decode_npy, encode_npy, mnist_from_image, normalize_pixels, open_image
 from services.errors import InvalidInput, PayloadTooLarge
 from training import data
 
@@ -73,3 +73,41 @@ def test_refusals() -> None:
     Image.new("1", (5000, 5000)).save(buf, "PNG")
     with pytest.raises(PayloadTooLarge, match="pixel limit"):
         open_image(buf.getvalue(), "f", 1000 * 1000)
+
+
+# -- .npy batches and pixel checks (issue 15: few passes, no copies, every refusal kept) ---------
+
+@pytest.mark.parametrize(("pixels", "message"), [
+    (np.array([[0.5, np.nan]], np.float32), "NaN or infinity"),
+    (np.array([[np.nan, np.nan]]), "NaN or infinity"),
+    (np.array([[0.5, np.inf]], np.float32), "NaN or infinity"),
+    (np.array([[-np.inf, 0.1]]), "NaN or infinity"),
+    (np.array([[0.2, 1e300]]), "NaN or infinity"),  # float64 past float32's range
+    (np.array([[0.2, 1.5]], np.float32), r"float pixels must be in \[0, 1\]"),
+    (np.array([[-0.01, 0.5]]), r"float pixels must be in \[0, 1\]"),
+    (np.array([[0, 256]], np.int64), "integer pixels must be in 0–255"),
+    (np.array([[-1, 3]], np.int8), "integer pixels must be in 0–255"),
+    (np.array([[True]]), "pixels must be numbers"),
+])
+def test_pixels_refused(pixels: np.ndarray, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        normalize_pixels(pixels, "body")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int64])
+def test_integer_pixels_scale_to_float32(dtype: type) -> None:
+    pixels = np.arange(256, dtype=dtype).reshape(1, 256)
+    out = normalize_pixels(pixels, "body")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, pixels.astype(np.float32) * np.float32(1 / 255))
+
+
+def test_float32_npy_batch_is_a_view_of_the_body(digits: np.ndarray) -> None:
+    batch = (digits[:, None] / 255).astype(np.float32)
+    body = encode_npy(batch)
+    out = decode_npy(body, 100)
+    np.testing.assert_array_equal(out, batch)
+    assert np.shares_memory(out, np.frombuffer(body, np.uint8))  # no copy of 800k floats per request
+    eight = decode_npy(encode_npy(digits), 100)  # uint8 [N,28,28]: scaled, one new array
+    assert eight.shape == (len(digits), 1, 28, 28) and eight.dtype == np.float32
+    np.testing.assert_allclose(eight, batch, rtol=1e-6)
