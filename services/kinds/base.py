@@ -21,7 +21,7 @@ from starlette.responses import Response
 from models.catalog import ModelSpec
 from services import codecs
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, clip
-from services.http import media_type, parse_json, read_body
+from services.http import Encoded, media_type, parse_json, read_body
 
 if TYPE_CHECKING:
     from services.dataplane import DataPlane
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 
 NPY = "application/x-npy"
+NPY_BYTES = NPY.encode()
 NPY_TYPES = {NPY, "application/npy", "application/octet-stream"}
 BINARY = {"schema": {"type": "string", "format": "binary"}}  # an OpenAPI binary body
 
@@ -181,8 +182,10 @@ def labels_bytes(labels: tuple[str, ...], index: np.ndarray) -> np.ndarray:
     return out
 
 
-def npy_response(array: np.ndarray) -> Response:
-    return Response(codecs.encode_npy(array), media_type=NPY)
+def npy_response(array: np.ndarray) -> Encoded:
+    """``array`` as an ``.npy`` answer, pre-encoded (sent without building a Starlette
+    ``Response``: ``services.http.Encoded``)."""
+    return Encoded(codecs.encode_npy(array), NPY_BYTES)
 
 
 def unsupported(request: Request, accepted: str) -> UnsupportedMediaType:
