@@ -308,6 +308,9 @@ async def balance(server: Any, backlog: int) -> None:
         own = socket.socket(shared.family, socket.SOCK_STREAM)
         own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.family == socket.AF_INET6:  # dual-stack or not, as the shared socket is
+            own.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                           shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
         own.bind(shared.getsockname())
         own.listen(backlog)
         own.setblocking(False)

@@ -154,9 +154,12 @@ def test_failed_parity_registers_nothing_and_says_why(tmp_path: Path) -> None:
 def test_interrupted_run_leaves_no_version(tmp_path: Path) -> None:
     store = tmp_path / "store"
     env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal gives it: a test run started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "podium.cli", "train", "mnist-fc", "--epochs",
                              "50", "--runs-dir", str(tmp_path / "runs")], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "runs").glob("mnist-fc/*")):
         time.sleep(0.2)
