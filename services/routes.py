@@ -2,9 +2,10 @@
 
 Each ``Route`` names its path, its handler and how it is documented. From the table come
 
-- ``hot_app(plane)``: the inference routes (``/v1`` predict/generate/next, ``/v2`` infer) as a
-  plain Starlette app, mounted in front — FastAPI's per-request machinery (parameter solving,
-  its middlewares) was over a quarter of the event loop under load (results/bench/NOTES.md);
+- ``hot_app(plane)``: the inference routes (``/v1`` predict/generate/next, ``/v2`` infer) as one
+  plain ASGI app (``HotApp``: no FastAPI, no Starlette router), which ``services.edge`` serves
+  ahead of BentoML's app — FastAPI's per-request machinery (parameter solving, its middlewares)
+  was over a quarter of the event loop under load (results/bench/NOTES.md);
 - ``create_app(plane)``: every route, as a FastAPI app (BentoML reads its OpenAPI schema for
   ``/docs.json`` and the index page; it serves the routes the hot app does not match). In
   tests, the whole API in-process.
@@ -62,7 +63,7 @@ class Route:
     summary: str
     description: str = ""
     metric: str | None = None  # the endpoint label of its requests in the metrics; None: not recorded
-    hot: bool = False  # served by the plain Starlette app, ahead of FastAPI
+    hot: bool = False  # served by the hot app (HotApp), ahead of BentoML's app and FastAPI
     serves: str | None = None  # the /v1 endpoint of the kinds (predict, ...) or ALL: a model route
 
     def openapi(self, served: dict[str, str]) -> dict[str, Any]:
