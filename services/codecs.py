@@ -112,8 +112,6 @@ def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
         return np.multiply(batch, np.float32(1 / 255), dtype=np.float32)
     with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused next
         out = batch.astype(np.float32, copy=False)
-    # min and max catch NaN (it propagates) and infinity (out of range) as well: two passes over
-    # the pixels instead of three on every request (issue 15); the finer message only on refusal.
     if out.size and not (out.min() >= 0.0 and out.max() <= 1.0):
         if not np.isfinite(out).all():
             raise InvalidInput("pixels contain NaN or infinity", field=field)
