@@ -114,6 +114,11 @@ class ServeConfig(BaseSettings):
                     "request in flight) whose batch size costs at most this (measured at load) "
                     "runs on the event loop thread, no thread hand-off; 0 = never")
     # -- end of issue 15 (inline) ----------------------------------------------------------------
+    split_batches: bool = Field(
+        True, description="a batch of more items than the batch size that runs the most items per "
+                          "second (each warm-up size timed at load) runs as consecutive runs of "
+                          "that size in one inference-thread call (on a CPU, smaller runs stay in "
+                          "cache); false = every batch runs whole")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_items_per_request: int = Field(4096, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=784)

@@ -177,20 +177,22 @@ class Repository:
                           max_latency_s=self.config.max_latency_ms / 1000,
                           max_queue_items=self.config.max_queue_items,
                           wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
-                          metrics=self.metrics, inline_max_s=self.config.inline_max_ms / 1000)
+                          metrics=self.metrics, inline_max_s=self.config.inline_max_ms / 1000,
+                          split=self.config.split_batches)
         loaded = LoadedVersion(spec, stored, runtime, batcher, kind)
         kind.setup(loaded)
         warm = warm_batch_sizes(max_batch)
-        # First-request costs paid now, and the cheap sizes timed: what may run inline.
+        # First-request costs paid now, and every size timed: what may run inline, which size
+        # runs the most items per second (split batches).
         batcher.warm(lambda batch: kind.warm_feeds(loaded, batch), warm)
         with self._lock:
             self.loaded.setdefault(name, {})[stored.version] = loaded
         log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
                  ", ".join(map(str, warm)))
         if batcher.costs:
-            log.info("%s: measured batch costs %s (inline_max_ms %g)", stored.tag,
-                     ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
-                     self.config.inline_max_ms)
+            log.info("%s: measured batch costs %s (inline_max_ms %g); runs of at most %s items",
+                     stored.tag, ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
+                     self.config.inline_max_ms, batcher.run_size or max_batch)
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:

@@ -64,13 +64,45 @@ def test_a_lone_request_runs_at_once() -> None:
     assert model.batches == [3] and out[1].tolist() == [[2.0]] * 3
 
 
+class Observed:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    def observe_batch(self, model: str, version: str, requests: int, items: int, compute_s: float,
+                      waits: list[float]) -> None:
+        self.batches.append((requests, items))
+
+
 def test_oversized_request_is_split_into_maximum_batches() -> None:
-    model = Model()
-    b = batcher(model, max_batch_size=4)
+    model, metrics = Model(), Observed()
+    b = batcher(model, max_batch_size=4, metrics=metrics)
     x = np.arange(22, dtype=np.float32).reshape(11, 2)
-    doubled, sums = run(b.infer({"x": x}))
+    doubled, sums = run(b.infer({"x": x}, alone=lambda: False))
     assert np.array_equal(doubled, 2 * x) and np.array_equal(sums[:, 0], x.sum(1))
-    assert max(model.batches) <= 4 and sum(model.batches) == 11
+    assert model.batches == [4, 4, 3]  # runs of at most the maximum, in order
+    assert metrics.batches == [(1, 11)]  # one execution: one inference-thread call, no loop trips
+
+
+def test_an_oversized_request_runs_alone_and_requests_behind_it_still_batch() -> None:
+    model, metrics = Model(delay=0.01), Observed()
+    b = batcher(model, max_batch_size=4, metrics=metrics)
+
+    async def main() -> list[list[np.ndarray]]:
+        small = [np.full((1, 2), i, np.float32) for i in range(6)]
+        big = np.arange(20, dtype=np.float32).reshape(10, 2)
+        first = asyncio.ensure_future(b.infer({"x": small[0]}))  # drives: the model is busy
+        await asyncio.sleep(0)
+        rest = [b.infer({"x": big}), *(b.infer({"x": x}) for x in small[1:])]
+        return [await first, *await asyncio.gather(*rest)]
+
+    results = run(main())
+    assert np.array_equal(results[1][0], 2 * np.arange(20, dtype=np.float32).reshape(10, 2))
+    for i, (doubled, _) in enumerate([results[0], *results[2:]]):
+        assert doubled.tolist() == [[2 * i] * 2]
+    # The big one ran next, as its own execution (10 items in runs of 4, 4, 2), never mixed
+    # with others; the 5 small ones queued behind it still shared batches, at most 4 items.
+    assert metrics.batches == [(1, 1), (1, 10), (4, 4), (1, 1)]
+    assert model.batches == [1, 4, 4, 2, 4, 1]
 
 
 def test_different_shapes_are_never_merged() -> None:

@@ -64,21 +64,45 @@ def one(n: int = 1, width: int = 3) -> dict[str, np.ndarray]:
     return {"x": np.ones((n, width), np.float32)}
 
 
-def test_warm_times_the_cheap_sizes_and_stops_past_the_budget() -> None:
+def test_warm_runs_every_size_then_times_each() -> None:
     model = Model(per_item=ITEM_S)
     b = Batcher("m", "v1", model, {"x": 0}, [0], max_batch_size=8, max_latency_s=5.0,
                 max_queue_items=100, inline_max_s=BUDGET_S)
     b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [1, 2, 4, 8])
-    assert sorted(b.costs) == [1, 2, 4]  # 8 is left unknown: never inline
-    assert b.costs[1] >= ITEM_S and b.costs[4] >= 4 * ITEM_S
-    # Every size ran once (the warm-up), the timed ones 3 more times.
-    assert [n for n, _ in model.calls] == [1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8]
+    assert sorted(b.costs) == [1, 2, 4, 8]
+    assert b.costs[1] >= ITEM_S and b.costs[8] >= 8 * ITEM_S
+    # Every size ran once (the warm-up), then each 3 more times (timed).
+    assert [n for n, _ in model.calls] == [1, 2, 4, 8, 1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8]
+    assert b.run_size is None  # not splitting: no run size chosen
 
     off = Model()
     b = Batcher("m", "v1", off, {"x": 0}, [0], max_batch_size=8, max_latency_s=5.0,
                 max_queue_items=100, inline_max_s=0.0)
     b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [1, 2, 4, 8])
-    assert b.costs == {} and [n for n, _ in off.calls] == [1, 2, 4, 8]
+    assert b.costs == {} and [n for n, _ in off.calls] == [1, 2, 4, 8]  # nothing to time for
+
+
+class CacheBound(Model):
+    """A model whose runs cost 2 ms plus 1 ms per item up to 2 items and 4 ms per item past
+    that (its working set leaves the cache): 2 items per run is the fastest per item."""
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(feeds["x"])
+        time.sleep(0.002 + n * (0.001 if n <= 2 else 0.004))
+        return super().__call__(feeds)
+
+
+def test_split_batches_run_in_the_fastest_size() -> None:
+    model = CacheBound()
+    b = Batcher("m", "v1", model, {"x": 0}, [0], max_batch_size=8, max_latency_s=5.0,
+                max_queue_items=100, inline_max_s=0.0, split=True)
+    b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [1, 2, 4, 8])
+    assert b.run_size == 2  # per item: 3, 2, 4.5 and 4.25 ms (sleeps only ever add)
+    model.calls.clear()
+    x = np.arange(21, dtype=np.float32).reshape(7, 3)
+    (out,) = asyncio.run(b.infer({"x": x}))
+    assert np.array_equal(out, 2 * x)  # joined in order
+    assert model.calls == [(2, False), (2, False), (2, False), (1, False)]  # one thread call
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -101,10 +125,10 @@ def test_a_request_not_alone_takes_the_inference_thread(enabled: bool) -> None:
 
 def test_unknown_or_costly_sizes_and_a_zero_budget_never_run_inline() -> None:
     model = Model(per_item=ITEM_S)
-    b = warmed(model)  # 1, 2 and 4 items measured; 8 not
+    b = warmed(model)  # 1 and 2 items under the budget; 4 and 8 over
     asyncio.run(b.infer(one(2)))
     asyncio.run(b.infer(one(3)))  # the bucket of 4: 8 ms, over the budget
-    asyncio.run(b.infer(one(8)))  # unmeasured
+    asyncio.run(b.infer(one(8)))  # 16 ms
     assert model.calls == [(2, True), (3, False), (8, False)]
 
     never = Model()

@@ -148,3 +148,93 @@ def test_connections_are_spread_over_the_workers(tiny_store: Path, tmp_path: Pat
                 conn.close()
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # still accepting after all that
+
+
+# -- big bodies: read without uvicorn's 64 KiB pauses when declared within max_request_bytes ----
+class _Reading(_Transport):
+    """A connection's transport counting the pauses of reading (uvicorn's flow control)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+
+def _upload(head: bytes, chunks: list[bytes], limit: int = 1 << 20) -> tuple[int, bytes]:
+    """Feed one request (``head`` then ``chunks``) to a real ``GuardedProtocol`` whose app reads
+    nothing until the whole request has arrived: the pauses of reading, and the body the app
+    then reads."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from services.worker import GuardedProtocol
+
+    got: list[bytes] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await arrived.wait()
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        got.append(body)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run() -> int:
+        nonlocal arrived
+        arrived = asyncio.Event()
+        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
+        config.load()
+        protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
+                                   _loop=asyncio.get_running_loop())
+        transport = _Reading()
+        protocol.connection_made(transport)
+        protocol.data_received(head)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        arrived.set()
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        return transport.pauses
+
+    arrived: asyncio.Event
+    saved = GuardedProtocol.whole_body_bytes
+    GuardedProtocol.whole_body_bytes = limit
+    try:
+        pauses = asyncio.run(run())
+    finally:
+        GuardedProtocol.whole_body_bytes = saved
+    return pauses, got[0] if got else b""
+
+
+BIG = bytes(range(256)) * 1200  # 300 KiB: past uvicorn's 64 KiB pause threshold
+PARTS = [BIG[i:i + 50_000] for i in range(0, len(BIG), 50_000)]
+
+
+def test_a_declared_body_within_the_limit_is_read_without_pausing() -> None:
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    pauses, body = _upload(head, PARTS)
+    assert pauses == 0 and body == BIG
+
+
+def test_a_longer_or_undeclared_body_keeps_uvicorns_pauses() -> None:
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    pauses, body = _upload(head, PARTS, limit=len(BIG) - 1)  # declared past max_request_bytes
+    assert pauses > 0 and body == BIG
+    chunked = [b"%x\r\n%s\r\n" % (len(p), p) for p in PARTS] + [b"0\r\n\r\n"]
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pauses, body = _upload(head, chunked)
+    assert pauses > 0 and body == BIG
