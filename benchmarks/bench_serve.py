@@ -606,19 +606,21 @@ def best_of(url: str, body: Body, concurrency: int, seconds: float, runs: int = 
     return {**best, "best_of": runs, "runs_rps": [round(p["ok_rps"], 1) for p in points]}
 
 
-def abba(urls: dict[str, str], body: Body, concurrency: int, seconds: float
+def abba(urls: dict[str, str], body: Body, concurrency: int, seconds: float, rounds: int = 2
          ) -> dict[str, dict[str, Any]]:
-    """Two runs per server in the order A B B A: a drift over the four runs (the machine warming,
-    another process) weighs on both sides alike. Each side's figures are its two runs' means."""
+    """``rounds`` rounds of A B B A: a drift over the runs (the machine warming, another process)
+    weighs on both sides alike. Each side's figures are the medians of its runs: one run that
+    lands badly on the cores (seen: a lone 7 % dip) does not decide a few-per-cent comparison."""
     a, b = urls
     runs: dict[str, list[dict[str, Any]]] = {a: [], b: []}
-    for name in (a, b, b, a):
-        runs[name].append(hey(urls[name], body, concurrency, seconds))
+    for _ in range(rounds):
+        for name in (a, b, b, a):
+            runs[name].append(hey(urls[name], body, concurrency, seconds))
     out = {}
     for name, points in runs.items():
         merged = dict(points[-1])
         for key in ("ok_rps", "p50_ms", "p99_ms"):
-            merged[key] = sum(p[key] for p in points) / len(points)
+            merged[key] = float(np.median([p[key] for p in points]))
         merged["runs_rps"] = [round(p["ok_rps"], 1) for p in points]
         out[name] = merged
     return out
@@ -685,7 +687,7 @@ def baselines(result: dict[str, Any], bodies: dict[str, Body], workers: int, wor
 def podium_rows(result: dict[str, Any], servers: dict[str, Server], bodies: dict[str, Body],
                 seconds: float, progress: Progress) -> None:
     """Every row, batching on vs off; the order alternates per point to cancel drift. At c=1 (the
-    "never slower" target, a few per cent) each side runs twice, A B B A; the JSON comparison's
+    "never slower" target, a few per cent) each side runs four times, A B B A A B B A, medians; the JSON comparison's
     c=64 point is the best of BEST_OF on each side, as for the baselines."""
     for model, form in ROWS:
         key = f"{model}/{form}"
@@ -1058,8 +1060,8 @@ def _header(result: dict[str, Any]) -> list[str]:
         f"- **Repetitions:** every c=64 point of the mnist-cnn JSON comparison (ceiling, naive, plain "
         f"BentoML, Podium on and off) is the best of {BEST_OF} runs, each with new connections "
         "(servers sharing one listening socket split a client's connections unevenly, up to 64/0, "
-        "run by run; `runs_rps` in serve.json); each c=1 batching on/off point is the mean of two "
-        "runs per side, in the order A B B A.",
+        "run by run; `runs_rps` in serve.json); each c=1 batching on/off point is the median of four "
+        "runs per side, in the order A B B A A B B A.",
         "- **Bodies** (one real MNIST test image): JSON `{\"instances\": [[784 floats]]}` "
         f"({result['bodies']['json']['bytes']} B), `.npy` float32 [1,1,28,28] "
         f"({result['bodies']['npy']['bytes']} B), PNG 28×28 ({result['bodies']['png']['bytes']} B), "
