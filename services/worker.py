@@ -23,11 +23,14 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
   ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
   periodic sweep checks the deadlines: no timer per request.
-- **Big bodies read at once.** uvicorn stops reading a connection whenever 64 KiB of body wait
-  for the app (``HIGH_WATER_LIMIT``) and starts again when the app takes them: a 3.2 MB ``.npy``
-  body of 1,024 images took 15 such rounds. A body whose declared ``Content-Length`` is within
-  ``max_request_bytes`` is read without pausing — the data plane buffers that much of it anyway
-  (``services.http.read_body``); a longer or undeclared (chunked) body keeps uvicorn's pauses.
+- **Big bodies read at once, copied once.** uvicorn stops reading a connection whenever 64 KiB
+  of body wait for the app (``HIGH_WATER_LIMIT``) and starts again when the app takes them (a
+  3.2 MB ``.npy`` body of 1,024 images took 15 such rounds), and it gathers the body by growing
+  one ``bytearray``, which copies what it holds each time it grows. A body whose declared
+  ``Content-Length`` is within ``max_request_bytes`` is read without pausing — the data plane
+  buffers that much of it anyway (``services.http.read_body``) — and its reads are kept as a
+  list (``_Chunks``), joined once when the app takes them; a longer or undeclared (chunked) body
+  keeps uvicorn's pauses.
 - **Balanced accept.** BentoML's workers all accept on one socket the arbiter bound; whichever
   worker wakes first takes every connection waiting, and a client opening 64 keep-alive
   connections at once could find all 64 on one worker while the other idled (seen in 1 of 4 runs
@@ -109,6 +112,30 @@ class _HeldHead:
         return getattr(self.transport, name)
 
 
+class _Chunks:
+    """A request body's reads not yet taken by the app, for uvicorn's cycle (its ``body``): kept
+    as a list and joined once when the app takes them (``bytes()``, in uvicorn's ``receive``),
+    where uvicorn's ``bytearray`` copied what it held each time it grew."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, first: bytes | bytearray) -> None:
+        self.parts: list[bytes] = [bytes(first)] if first else []
+        self.size = len(first)
+
+    def __iadd__(self, data: bytes) -> _Chunks:
+        self.parts.append(data)
+        self.size += len(data)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class CoalescingCycle(RequestResponseCycle):
     """uvicorn's request/response cycle, writing an answer's head with its first body chunk."""
 
@@ -180,7 +207,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(cycle.body) + len(body) > HIGH_WATER_LIMIT and self._declared_within_limit() \
                 and not cycle.response_complete \
                 and not (self.parser.should_upgrade() and self._should_upgrade()):
-            cycle.body += body  # uvicorn's on_body without its pause (module docstring)
+            if type(cycle.body) is not _Chunks:  # uvicorn's on_body without its pause, and
+                cycle.body = _Chunks(cycle.body)  # without growing a bytearray (module docstring)
+            cycle.body += body
             cycle.message_event.set()
             return
         super().on_body(body)
