@@ -20,7 +20,7 @@ def kind_endpoint(endpoint: str) -> Any:
     version's kind decodes, runs and encodes."""
     async def handler(ex: Exchange, name: str, version: str | None = None) -> dict[str, Any] | Response:
         loaded = ex.select(name, version)
-        content = await loaded.kind.handle(endpoint, Call(ex.plane, ex.request, loaded))
+        content = await loaded.kind.handler(endpoint)(Call(ex.plane, ex.request, loaded))
         if isinstance(content, Response):  # e.g. an .npy answer (Accept: application/x-npy)
             return content
         return {"model": name, "version": loaded.version, **content}

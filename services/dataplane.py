@@ -60,6 +60,12 @@ class DataPlane:
         """Whether at most one HTTP request (the asking one) is inside this worker's apps."""
         return self.inflight <= 1
 
+    def settle(self) -> None:
+        """The worker has no request in flight: write the metrics it deferred
+        (``services.metrics``)."""
+        if getattr(self.metrics, "deferred", False):  # (a test's recorder defers nothing)
+            self.metrics.flush()
+
     def repo(self) -> Repository:
         if self.repository is None or not self.repository.ready:
             raise ModelNotReady("the server is still loading its models")

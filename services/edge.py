@@ -6,7 +6,8 @@ its middlewares and our mounted apps — in ``Service.to_asgi``. ``install`` mak
 service object a ``Service`` subclass whose ``to_asgi`` wraps that app once, here:
 
 - every 4xx/5xx body is JSON ``{"error": ...}``: the framework's own 404, 405, 500 and
-  ``HTTPException`` answers are plain text;
+  ``HTTPException`` answers are plain text (the hot app's answers are JSON already and pass
+  unwrapped);
 - ``HEAD`` works wherever ``GET`` does (uvicorn drops the body of a ``HEAD`` answer itself);
 - HTTP/1.1 without ``Host`` gets 400 (RFC 9112 §3.2; httptools accepts it);
 - while the worker drains (``services.worker``), new work — any method but GET/HEAD/OPTIONS —
@@ -30,13 +31,16 @@ the slow-client limits (``services.worker``); BentoML's tracing was already off 
 metrics, the OpenAPI page, the documented copies of the routes and the admin API stay behind
 BentoML's app.
 
-The wrapper sits on the hot path: a successful request costs one header scan (``Host``,
-``traceparent``), one path match and one small object; only error answers are buffered (at most
-``ERROR_BODY_MAX``).
+The wrapper sits on the hot path: a request costs one header scan (``Host``, ``traceparent``) and
+one path match; other routes' error answers are buffered (at most ``ERROR_BODY_MAX``). uvicorn's
+proxy-headers middleware (``X-Forwarded-For``/``-Proto`` from trusted proxies into the client
+address and scheme) wraps BentoML's app only: ``services.worker`` moves it there from the outside
+of the edge, and the hot paths, which read neither, skip it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -175,6 +179,9 @@ class _Flags:
     draining = False
     inflight = 0
 
+    def settle(self) -> None:
+        pass
+
 
 def hot_matcher(app: Any) -> Callable[[str], Any]:
     """One compiled match for every path template of ``app``'s routes (``{name}`` → one
@@ -232,21 +239,29 @@ class Edge:
             return
         if method == "HEAD":  # the app answers GET; uvicorn sends no body for the HEAD it parsed
             scope = {**scope, "method": "GET"}
-        app = self.hot if self.is_hot is not None and self.is_hot(scope["path"]) else self.app
-        reply = _Reply(scope, send, trace)
+        if self.is_hot is not None and self.is_hot(scope["path"]):
+            # The hot app's answers are JSON already, errors included: no reply wrapper unless a
+            # traceparent is to be echoed.
+            app, reply = self.hot, send if trace is None else _Reply(scope, send, trace)
+        else:
+            app, reply = self.app, _Reply(scope, send, trace)
         plane = self.plane
         plane.inflight += 1
         try:
             await app(scope, receive, reply)
         except Exception:
-            if reply.started:
+            if reply is not send and reply.started:
                 raise
             log.exception("unhandled error answering %s %s%s", method, _echo(scope),
                           f" (traceparent {trace.decode('latin-1')})" if trace else "")
-            await send_json_error(send, 500, "internal server error",
-                                  headers=[(TRACEPARENT, trace)] if trace else None)
+            # RuntimeError: the hot app's answer had begun; uvicorn closes the connection.
+            with contextlib.suppress(RuntimeError):
+                await send_json_error(send, 500, "internal server error",
+                                      headers=[(TRACEPARENT, trace)] if trace else None)
         finally:
             plane.inflight -= 1
+            if not plane.inflight:  # idle: deferred metrics are written now (services.metrics)
+                plane.settle()
 
     def _lifespan_send(self, send: Any) -> Any:
         async def lifespan_send(message: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -275,6 +276,19 @@ def configure_protocol(config: ServeConfig) -> None:
     GuardedProtocol.whole_body_bytes = config.max_request_bytes
 
 
+def proxy_headers_inside(uv: Any, edge: Any) -> bool:
+    """Move uvicorn's proxy-headers middleware from around ``edge`` to around the app behind it
+    (BentoML's): the hot paths read neither the client address nor the scheme it rewrites.
+    ``uv.loaded_app`` is read by each connection's protocol when it is made, so this runs before
+    any is (at lifespan start-up). False when the edge is not wrapped that way."""
+    outer = uv.loaded_app
+    if not (isinstance(outer, ProxyHeadersMiddleware) and outer.app is edge):
+        return False
+    outer.app, edge.app = edge.app, outer
+    uv.loaded_app = edge
+    return True
+
+
 def uvicorn_server() -> Any:
     """The ``uvicorn.Server`` running this process, through the SIGTERM handler it installed
     (its bound ``handle_exit``); None when there is none (not under uvicorn, not the main
@@ -294,6 +308,7 @@ class Lifecycle:
         self.loop = asyncio.get_running_loop()
         self.parent = os.getppid()
         self.tasks: set[asyncio.Task] = set()
+        self.metrics: Any = None  # deferred Prometheus observations (``defer_metrics``)
 
     def start(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -328,8 +343,22 @@ class Lifecycle:
             log.error("drain grace period over: cancelling %d request(s)", self.edge.inflight)
         else:
             log.info("drained in %.2f s; stopping", time.monotonic() - started)
+        if self.metrics is not None:
+            self.metrics.flush()  # what this worker observed last reaches /metrics before it exits
         self.server.config.timeout_graceful_shutdown = SHUTDOWN_CANCEL_S
         self.server.should_exit = True  # not handle_exit: that would re-raise SIGTERM at exit
+
+    def defer_metrics(self, metrics: Any) -> None:
+        """Keep ``metrics``' observations until the worker is idle (the edge flushes then) or
+        ``metrics_flush_ms`` has passed (``services.metrics``)."""
+        metrics.defer()
+        self.metrics = metrics
+        self._spawn(self.flush_metrics(self.config.metrics_flush_ms / 1000))
+
+    async def flush_metrics(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.metrics.flush()
 
     async def watch(self) -> None:
         cfg = self.config
@@ -404,10 +433,14 @@ def start(config: ServeConfig, edge: Any) -> Lifecycle | None:
     else:
         log.warning("uvicorn runs %s, not httptools: no slow-client limits",
                     uv.http_protocol_class.__name__)
+    proxy_headers_inside(uv, edge)
     if NOSNIFF not in uv.encoded_headers:
         uv.encoded_headers.append(NOSNIFF)  # uvicorn's default headers: on every answer it sends
     lifecycle = Lifecycle(config, edge, server)
     lifecycle.start()
+    metrics = getattr(edge.plane, "metrics", None)
+    if config.metrics_flush_ms > 0 and metrics is not None:
+        lifecycle.defer_metrics(metrics)
     if config.balance_connections:
         lifecycle._spawn(balance(server, uv.backlog))
     return lifecycle

@@ -238,3 +238,60 @@ def test_a_longer_or_undeclared_body_keeps_uvicorns_pauses() -> None:
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     pauses, body = _upload(head, chunked)
     assert pauses > 0 and body == BIG
+
+
+def test_proxy_headers_wrap_bentomls_app_not_the_hot_paths() -> None:
+    """uvicorn wraps the worker's app (the edge) in its proxy-headers middleware; the worker
+    moves it inside, around BentoML's app: a request from a trusted proxy still gets its client
+    address rewritten there, and the hot app sees the connection as it is."""
+    import uvicorn
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from services.edge import Edge
+    from services.worker import proxy_headers_inside
+
+    seen: dict[str, Any] = {}
+
+    def spy(name: str) -> Any:
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            seen[name] = scope["client"]
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        app.routes = []  # type: ignore[attr-defined]
+        return app
+
+    class Hot:
+        def __init__(self) -> None:
+            self.app = spy("hot")
+
+        def match(self, path: str) -> Any:
+            return path == "/v1/models/m/predict" or None
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+    edge = Edge(spy("bentoml"), hot=Hot())
+    config = uvicorn.Config(app=edge, proxy_headers=True, log_config=None, lifespan="off")
+    config.load()
+    assert isinstance(config.loaded_app, ProxyHeadersMiddleware)
+    assert proxy_headers_inside(config, edge) and config.loaded_app is edge
+    assert isinstance(edge.app, ProxyHeadersMiddleware)
+    assert not proxy_headers_inside(config, edge)  # once
+
+    async def call(path: str) -> None:
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": path,
+                 "query_string": b"", "client": ("127.0.0.1", 5555), "scheme": "http",
+                 "headers": [(b"host", b"a"), (b"x-forwarded-for", b"203.0.113.7")]}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            pass
+
+        await config.loaded_app(scope, receive, send)
+
+    asyncio.run(call("/readyz"))
+    asyncio.run(call("/v1/models/m/predict"))
+    assert seen["bentoml"][0] == "203.0.113.7"  # rewritten behind the edge, as before
+    assert seen["hot"] == ("127.0.0.1", 5555)  # the hot path: untouched, no middleware
