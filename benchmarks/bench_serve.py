@@ -687,8 +687,8 @@ def baselines(result: dict[str, Any], bodies: dict[str, Body], workers: int, wor
 def podium_rows(result: dict[str, Any], servers: dict[str, Server], bodies: dict[str, Body],
                 seconds: float, progress: Progress) -> None:
     """Every row, batching on vs off; the order alternates per point to cancel drift. At c=1 (the
-    "never slower" target, a few per cent) each side runs four times, A B B A A B B A, medians; the JSON comparison's
-    c=64 point is the best of BEST_OF on each side, as for the baselines."""
+    "never slower" target, a few per cent) each side runs four times, A B B A A B B A, medians;
+    the JSON comparison's c=64 point is the best of BEST_OF on each side, as for the baselines."""
     for model, form in ROWS:
         key = f"{model}/{form}"
         url = {name: server.url + path_for(model, form) for name, server in servers.items()}

@@ -42,6 +42,11 @@ async def send_json(send: Any, content: Any, headers: Iterable[tuple[bytes, byte
 
 
 async def _send_200(send: Any, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    # Straight to Podium's worker when ``send`` is its cycle's (services.worker.CoalescingCycle):
+    # one write, no ASGI messages; elsewhere (tests, a wrapped send) the two messages.
+    whole = getattr(getattr(send, "__self__", None), "answer_whole", None)
+    if whole is not None and whole(headers, body):
+        return
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

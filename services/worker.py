@@ -142,6 +142,35 @@ class CoalescingCycle(RequestResponseCycle):
 
     transport: _HeldHead
 
+    def answer_whole(self, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A whole 200 answer of the hot app (``services.http``) written at once: ``headers``
+        Podium's own (lowercase, valid, a ``content-length`` among them), so none of uvicorn's
+        per-header checks and two ``send`` calls; what uvicorn's ``send`` does at the end of an
+        answer is done here. False, nothing written: uvicorn's path must take it (an answer
+        already begun, a client gone, a full write buffer to wait for, an access log to write,
+        a ``HEAD``)."""
+        if (self.response_started or self.disconnected or self.flow.write_paused
+                or self.access_log or self.scope["method"] == "HEAD"):
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        content = [STATUS_LINE[200]]
+        for name, value in self.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self.transport.write(b"".join(content))
+        self.expected_content_length, self.chunked_encoding = 0, False
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
+
     async def send(self, message: Any) -> None:
         held = self.transport
         if message["type"] == "http.response.start" and not self.response_started:

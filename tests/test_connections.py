@@ -98,6 +98,42 @@ def test_an_answer_without_a_body_still_sends_its_head() -> None:
     assert transport.closed
 
 
+def test_the_hot_apps_whole_answer_is_one_write_with_uvicorns_bookkeeping() -> None:
+    """``send_json`` under Podium's worker: one write of head and body, uvicorn's default headers
+    first, the cycle complete; a closing connection gets ``connection: close`` and is closed."""
+    from services.http import send_json
+
+    for keep_alive in (True, False):
+        cycle, transport = _cycle(keep_alive=keep_alive)
+        cycle.default_headers = [(b"date", b"Mon"), (b"x-content-type-options", b"nosniff")]
+        done: list[bool] = []
+        cycle.on_response = lambda done=done: done.append(True)
+        asyncio.run(send_json(cycle.send, {"ok": True}, [(b"podium-model", b"m")]))
+        assert len(transport.calls) == 1
+        head, body = transport.calls[0].split(b"\r\n\r\n", 1)
+        assert body == b'{"ok":true}'
+        lines = head.split(b"\r\n")
+        assert lines[:6] == [b"HTTP/1.1 200 OK", b"date: Mon", b"x-content-type-options: nosniff",
+                             b"content-type: application/json", b"content-length: 11",
+                             b"podium-model: m"]
+        assert (b"connection: close" in lines) is (not keep_alive) and transport.closed is (not keep_alive)
+        assert cycle.response_complete and done == [True] and cycle.message_event.is_set()
+
+
+def test_uvicorns_path_takes_what_the_whole_answer_cannot() -> None:
+    from services.http import send_json
+
+    cycle, transport = _cycle(method="HEAD")  # no body for HEAD: uvicorn's own rules
+    asyncio.run(send_json(cycle.send, {"ok": True}))
+    assert len(transport.calls) == 1 and transport.calls[0].endswith(b"\r\n\r\n")
+    cycle, transport = _cycle()
+    cycle.flow.write_paused = True  # a full write buffer: uvicorn waits for it to drain
+    assert not cycle.answer_whole([], b"x") and transport.calls == []
+    cycle, transport = _cycle()
+    cycle.response_started = True  # an answer already begun is never begun twice
+    assert not cycle.answer_whole([], b"x") and transport.calls == []
+
+
 # -- balanced accept under a real two-worker server ---------------------------------------------
 
 def _workers(running: Any) -> list[psutil.Process]:
