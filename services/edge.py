@@ -86,6 +86,17 @@ def _echo(scope: Scope) -> str:
     return clip(scope.get(PATH_KEY) or scope["path"], ECHO_MAX)
 
 
+def no_route_message(scope: Scope) -> str:
+    """A 404's message (the edge's for the framework's, the hot app's own)."""
+    return f"no route for {scope['method']} {_echo(scope)}"
+
+
+def not_allowed_message(scope: Scope, allow: str) -> str:
+    """A 405's message, naming the methods the route takes."""
+    return f"method {scope['method']} is not allowed on {_echo(scope)}" + (
+        f"; allowed: {allow}" if allow else "")
+
+
 class _Reply:
     """One request's ``send``: passes a success through; turns an error answer whose body is not
     ``{"error": ...}`` JSON (the framework's plain-text 404/405/500, FastAPI's ``{"detail": ...}``)
@@ -135,14 +146,13 @@ class _Reply:
 
     def _message(self, status: int, headers: list[tuple[bytes, bytes]],
                  payload: dict[str, Any] | None) -> str:
-        method, path = self.scope["method"], _echo(self.scope)
         if status == 405:  # Starlette's and FastAPI's alike: name the methods the route takes
             allow = next((v.decode("latin-1") for k, v in headers if k.lower() == b"allow"), "")
-            return f"method {method} is not allowed on {path}" + (f"; allowed: {allow}" if allow else "")
+            return not_allowed_message(self.scope, allow)
         if payload is not None and "detail" in payload:  # FastAPI's shape
             return str(payload["detail"])
         if status == 404:
-            return f"no route for {method} {path}"
+            return no_route_message(self.scope)
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:

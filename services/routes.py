@@ -32,8 +32,7 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from services import admin, app, protocol
-from services.edge import ECHO_MAX, send_json_error
-from services.errors import clip
+from services.edge import no_route_message, not_allowed_message, send_json_error
 from services.http import (
     ERROR_RESPONSES,
     JSON,
@@ -166,10 +165,15 @@ TABLE: list[Route] = [
 ]
 
 
+def _exchange(plane: DataPlane, route: Route, request: Request) -> Exchange:
+    """``request`` as ``route``'s handler takes it, timed for the metrics if the route is."""
+    return Exchange(plane, request, Timer(plane.metrics, route.metric) if route.metric else None)
+
+
 async def _run(plane: DataPlane, route: Route, request: Request, path_params: dict[str, Any]
                ) -> tuple[Any, Exchange]:
     """The handler's result (a JSON object or a response; errors → their status) and its exchange."""
-    ex = Exchange(plane, request, Timer(plane.metrics, route.metric) if route.metric else None)
+    ex = _exchange(plane, route, request)
     try:
         return await route.handler(ex, **path_params), ex
     except Exception as exc:  # mapped to one status in services.http
@@ -214,8 +218,7 @@ class HotEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.route  # _run, inline: one coroutine less per request
-        ex = Exchange(self.plane, HotRequest(scope, receive),
-                      Timer(self.plane.metrics, route.metric) if route.metric else None)
+        ex = _exchange(self.plane, route, HotRequest(scope, receive))
         try:
             result = await route.handler(ex, **scope["path_params"])
         except Exception as exc:  # mapped to one status in services.http
@@ -275,15 +278,13 @@ class HotApp:
             return
         found = self.match(scope["path"])
         if found is None:
-            await send_json_error(send, 404, f"no route for {scope['method']} "
-                                             f"{clip(scope['path'], ECHO_MAX)}")
+            await send_json_error(send, 404, no_route_message(scope))
             return
         endpoints, params = found
         endpoint = endpoints.get(scope["method"])
         if endpoint is None:
             allow = ", ".join(endpoints)
-            await send_json_error(send, 405, f"method {scope['method']} is not allowed on "
-                                             f"{clip(scope['path'], ECHO_MAX)}; allowed: {allow}",
+            await send_json_error(send, 405, not_allowed_message(scope, allow),
                                   headers=[(b"allow", allow.encode("latin-1"))])
             return
         scope["path_params"] = dict(params)
