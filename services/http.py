@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from services.errors import InvalidInput, PayloadTooLarge, PodiumError, Unauthorized
@@ -100,13 +100,41 @@ class HotHeaders(Headers):
 
 
 class HotRequest(Request):
-    """A Starlette ``Request`` with ``HotHeaders`` (the hot app's)."""
+    """A Starlette ``Request`` with ``HotHeaders`` and a ``body`` that does not copy (the hot
+    app's)."""
 
     @property
     def headers(self) -> Headers:
         if not hasattr(self, "_headers"):
             self._headers = HotHeaders(self.scope)
         return self._headers
+
+    async def body(self) -> bytes:
+        """The whole body, as Starlette's ``body`` reads it, less its copy: that one joins its
+        stream's chunks, and the stream always ends with an empty chunk, so a body that came as
+        one ASGI message (the usual case: ``services.worker`` hands a declared body over whole)
+        was copied once more — 3.2 MB for 1,024 MNIST images, ~0.3 ms — through an async
+        generator per request (issue 15). Here one message's body is the body itself."""
+        if hasattr(self, "_body"):
+            return self._body
+        if self._stream_consumed:
+            raise RuntimeError("Stream consumed")
+        chunks: list[bytes] = []
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                if chunk:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            elif kind == "http.disconnect":
+                self._is_disconnected = True
+                raise ClientDisconnect()
+        self._stream_consumed = True
+        self._body = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+        return self._body
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -29,8 +29,8 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   one ``bytearray``, which copies what it holds each time it grows. A body whose declared
   ``Content-Length`` is within ``max_request_bytes`` is read without pausing — the data plane
   buffers that much of it anyway (``services.http.read_body``) — and its reads are kept as a
-  list (``_Chunks``), joined once when the app takes them; a longer or undeclared (chunked) body
-  keeps uvicorn's pauses.
+  list (``_Chunks``), joined once and handed to the app as one message when the body is complete;
+  a longer or undeclared (chunked) body keeps uvicorn's pauses.
 - **Balanced accept.** BentoML's workers all accept on one socket the arbiter bound; whichever
   worker wakes first takes every connection waiting, and a client opening 64 keep-alive
   connections at once could find all 64 on one worker while the other idled (seen in 1 of 4 runs
@@ -170,6 +170,18 @@ class CoalescingCycle(RequestResponseCycle):
             self.transport.close()
         self.on_response()
         return True
+
+    async def receive(self) -> Any:
+        """uvicorn's ``receive``, but a body read whole (``_Chunks``: declared within
+        ``max_request_bytes``) goes to the app as one message once it is complete, joined once,
+        instead of as whatever had arrived at each call (which the app then joined again). A
+        body timeout or a disconnect still ends the wait (``disconnected``)."""
+        if type(self.body) is _Chunks and self.more_body and not self.waiting_for_100_continue:
+            while self.more_body and not (self.disconnected or self.response_complete):
+                await self.message_event.wait()
+                self.message_event.clear()
+            self.message_event.set()  # uvicorn's receive waits for it once more
+        return await super().receive()
 
     async def send(self, message: Any) -> None:
         held = self.transport

@@ -13,6 +13,7 @@ import asyncio
 import http.client
 import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,89 @@ def test_a_longer_or_undeclared_body_keeps_uvicorns_pauses() -> None:
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     pauses, body = _upload(head, chunked)
     assert pauses > 0 and body == BIG
+
+
+def _messages_while_arriving(head: bytes, chunks: list[bytes]) -> list[bytes]:
+    """The bodies of the ``http.request`` messages an app gets when it reads at once, while the
+    request's ``chunks`` are still arriving (one per turn of the event loop)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from services.worker import GuardedProtocol
+
+    messages: list[bytes] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            messages.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        done.set()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run() -> None:
+        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
+        config.load()
+        protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
+                                   _loop=asyncio.get_running_loop())
+        protocol.connection_made(_Reading())
+        protocol.data_received(head + chunks[0])
+        for chunk in chunks[1:]:
+            await asyncio.sleep(0)  # the app's task runs, and reads, between the parts
+            protocol.data_received(chunk)
+        for _ in range(100):
+            if done.is_set():
+                break
+            await asyncio.sleep(0.01)
+
+    done = threading.Event()
+    asyncio.run(run())
+    assert done.is_set(), "the app never read the whole body"
+    return messages
+
+
+def test_a_declared_body_within_the_limit_reaches_the_app_whole_as_one_message() -> None:
+    """Issue 15: the app gets a big declared body in one message, joined once (it then needs no
+    join of its own), though it began reading while the body still arrived; a chunked body
+    still streams."""
+    first = [BIG[:100_000], *(BIG[i:i + 50_000] for i in range(100_000, len(BIG), 50_000))]
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    assert _messages_while_arriving(head, first) == [BIG]
+    chunked = [b"%x\r\n%s\r\n" % (len(p), p) for p in first] + [b"0\r\n\r\n"]
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    messages = _messages_while_arriving(head, chunked)
+    assert len(messages) > 2 and b"".join(messages) == BIG
+
+
+def test_the_hot_requests_body_is_the_one_message_itself() -> None:
+    """``HotRequest.body``: one message's body is returned as it is (no copy), several are
+    joined, and a disconnect while reading is Starlette's ``ClientDisconnect``."""
+    from starlette.requests import ClientDisconnect
+
+    from services.http import HotRequest
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+
+    def feeding(*messages: dict) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict:
+            return queue.pop(0)
+        return receive
+
+    async def read(*messages: dict) -> bytes:
+        return await HotRequest(scope, feeding(*messages)).body()
+
+    assert asyncio.run(read({"type": "http.request", "body": BIG, "more_body": False})) is BIG
+    assert asyncio.run(read(*({"type": "http.request", "body": part, "more_body": True}
+                              for part in PARTS),
+                            {"type": "http.request", "body": b"", "more_body": False})) == BIG
+    assert asyncio.run(read({"type": "http.request", "more_body": False})) == b""
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read({"type": "http.request", "body": b"ab", "more_body": True},
+                         {"type": "http.disconnect"}))
 
 
 def test_proxy_headers_wrap_bentomls_app_not_the_hot_paths() -> None:
