@@ -16,6 +16,7 @@ it states them (``(x - mean) / std`` per channel), photos and tensors alike.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import math
 from collections.abc import AsyncIterator, Callable
@@ -55,16 +56,96 @@ MAX_FORM_FIELDS = 64  # non-file parts of a multipart body (top_k is the only on
 MAX_TOP_K = 10
 
 
+# Requests whose images one decode job takes at most (batching on): the first of them hears
+# its answer when the job ends, so this bounds what batching adds to its wait (an MNIST photo
+# takes ~1 ms through the digit pipeline here).
+DECODE_BATCH = 16
+
+
 @functools.cache
 def _decode_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
 
+class _DecodeBatches:
+    """Image decoding, batched like inference (``batching`` on): the requests that queue while
+    every decode thread is busy are decoded by one job, and come back to the event loop together
+    — one thread hand-off and one wake-up of the loop per job, not per image — so they also
+    reach the model's batcher in one turn of the loop and run as one batch. Under load an image
+    endpoint is decode-bound (issue 15: PNG uploads at 64 concurrent), and a thread hand-off per
+    image, with the GIL traded each time, was what batching could save there. Each request's
+    decode still fails alone (its own 400); a request whose client went away is skipped. All
+    bookkeeping is on the event loop's thread."""
+
+    def __init__(self, pool: ThreadPoolExecutor, threads: int) -> None:
+        self.pool, self.threads = pool, threads
+        self.pending: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]] = \
+            collections.deque()
+        self.jobs = 0  # running now (at most ``threads``)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new event loop (in-process tests): nothing of the old counts
+            self.loop, self.pending, self.jobs = loop, collections.deque(), 0
+        future = loop.create_future()
+        self.pending.append((fn, args, future))
+        if self.jobs < self.threads:
+            self._start(loop)
+        return future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = []
+        while self.pending and len(batch) < DECODE_BATCH:
+            item = self.pending.popleft()
+            if not item[2].done():  # cancelled: its client went away
+                batch.append(item)
+        if batch:
+            self.jobs += 1
+            loop.run_in_executor(self.pool, _decode_all, batch).add_done_callback(
+                functools.partial(self._done, loop, batch))
+
+    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[Any], job: asyncio.Future) -> None:
+        if loop is not self.loop:  # a job of an event loop no longer served
+            return
+        self.jobs -= 1
+        if job.cancelled() or job.exception() is not None:  # the pool itself failed (shut down)
+            why = "cancelled" if job.cancelled() else job.exception()
+            failure = RuntimeError(f"image decoding failed: {why}")
+            outcomes: list[tuple[bool, Any]] = [(False, failure)] * len(batch)
+        else:
+            outcomes = job.result()
+        for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(value) if ok else future.set_exception(value)
+        if self.pending:
+            self._start(loop)
+
+
+def _decode_all(batch: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]) -> list[tuple[bool, Any]]:
+    """One decode job (in the pool): each request's outcome, a result or its exception."""
+    outcomes: list[tuple[bool, Any]] = []
+    for fn, args, _ in batch:
+        try:
+            outcomes.append((True, fn(*args)))
+        except Exception as exc:  # this request's own 400 (or failure); the others go on
+            outcomes.append((False, exc))
+    return outcomes
+
+
+@functools.cache
+def _decode_batches(threads: int) -> _DecodeBatches:
+    return _DecodeBatches(_decode_pool(threads), threads)
+
+
 async def _off_loop(config: ServeConfig, fn: Callable[..., Any], *args: Any) -> Any:
     """Image decoding is CPU-bound for as long as the images are large: it runs in a bounded
-    pool so that the event loop (health checks, every other request) never waits for it."""
-    pool = _decode_pool(config.image_decode_threads())
-    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    pool so that the event loop (health checks, every other request) never waits for it; with
+    ``batching`` on, in batches (``_DecodeBatches``)."""
+    threads = config.image_decode_threads()
+    if config.batching:
+        return await _decode_batches(threads).submit(fn, args)
+    return await asyncio.get_running_loop().run_in_executor(_decode_pool(threads), fn, *args)
 
 
 async def _multipart_images(request: Request, body: bytes, limit: int
