@@ -75,6 +75,8 @@ def _miss_c1(r: dict[str, Any]) -> None:
     (_miss_c1, "c=1"),
     (lambda r: r["podium"]["on"]["mnist-resnet/json"]["64"].update(ok_rps=1000.0), "c=64"),
     (lambda r: r.update(ready_s=11.0), "ready"),
+    (lambda r: r["podium"]["on"]["mnist-cnn/oip"]["16"].update(ok_rps=940.0), "OIP"),
+    (lambda r: r.update(oip_vs_json={"oip": point(940, c=16), "json": point(1000, c=16)}), "OIP"),
 ])
 def test_each_target_can_fail(change: Any, target: str) -> None:
     result = passing()
@@ -83,6 +85,18 @@ def test_each_target_can_fail(change: Any, target: str) -> None:
     failed = [v["target"] for v in verdicts if v["met"] is False]
     assert len(failed) == 1 and target in failed[0], failed
     assert b.missed(verdicts)
+
+
+def test_the_paired_oip_json_measurement_decides_when_there_is_one() -> None:
+    """The c=16 OIP-vs-JSON target takes the paired A B B A figures over the two rows' single
+    points (measured minutes apart), and says so."""
+    result = passing()
+    result["podium"]["on"]["mnist-cnn/oip"]["16"]["ok_rps"] = 800.0  # the rows alone would miss
+    result["oip_vs_json"] = {"oip": dict(point(990, c=16), runs_rps=[990.0] * 4),
+                             "json": dict(point(1000, c=16), runs_rps=[1000.0] * 4)}
+    verdicts = b.judge(result)
+    oip = next(v for v in verdicts if "OIP" in v["target"])
+    assert oip["met"] is True and "paired" in oip["measured"] and "0.99" in oip["measured"]
 
 
 def test_best_naive_is_its_best_worker_count_at_c64() -> None:
