@@ -35,7 +35,7 @@ def test_requests_queued_behind_a_busy_pool_are_decoded_by_one_job() -> None:
     submit = pool.submit
 
     def counting(fn, *args):  # type: ignore[no-untyped-def]
-        jobs.append(len(args[0]))
+        jobs.append(len(args[1]))  # (loop, batch)
         return submit(fn, *args)
 
     pool.submit = counting  # type: ignore[method-assign]
@@ -71,6 +71,32 @@ def test_a_job_takes_at_most_decode_batch_requests_and_skips_gone_clients() -> N
     results = asyncio.run(run())
     assert results == ["FIRST", *(f"N{i}" for i in range(1, DECODE_BATCH + 3))]
     assert "n0" not in calls and len(calls) == DECODE_BATCH + 3
+    pool.shutdown()
+
+
+def test_a_job_of_slow_images_hands_back_each_as_time_passes() -> None:
+    """A request decoded early in a job of slow images (large photos) is answered then, not when
+    the job's last image is done."""
+    import time
+
+    done_at: dict[str, float] = {}
+
+    def slow(name: str) -> str:
+        time.sleep(0.03)  # > DECODE_DELIVER_S
+        return name
+
+    pool = ThreadPoolExecutor(1)
+    batches = _DecodeBatches(pool, 1)
+
+    async def run() -> None:
+        async def one(name: str) -> None:
+            await batches.submit(slow, (name,))
+            done_at[name] = time.perf_counter()
+        await asyncio.gather(*(one(f"p{i}") for i in range(6)))
+
+    asyncio.run(run())
+    # p0 ran alone; p1..p5 went as one job of 5 × 30 ms: p1 heard back ~120 ms before p5.
+    assert done_at["p5"] - done_at["p1"] > 0.08, done_at
     pool.shutdown()
 
 

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import functools
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,11 @@ MAX_FORM_FIELDS = 64  # non-file parts of a multipart body (top_k is the only on
 MAX_TOP_K = 10
 
 
-# Requests whose images one decode job takes at most (batching on): the first of them hears
-# its answer when the job ends, so this bounds what batching adds to its wait (an MNIST photo
-# takes ~1 ms through the digit pipeline here).
+# Requests whose images one decode job takes at most (batching on).
 DECODE_BATCH = 16
+# A job hands back what it has decoded whenever this long has passed since it last did: a
+# request decoded early in a job of slow images (large photos) does not wait for the rest.
+DECODE_DELIVER_S = 0.02
 
 
 @functools.cache
@@ -67,20 +69,22 @@ def _decode_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
 
+Pending = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]
+
+
 class _DecodeBatches:
     """Image decoding, batched like inference (``batching`` on): the requests that queue while
     every decode thread is busy are decoded by one job, and come back to the event loop together
-    — one thread hand-off and one wake-up of the loop per job, not per image — so they also
-    reach the model's batcher in one turn of the loop and run as one batch. Under load an image
-    endpoint is decode-bound (issue 15: PNG uploads at 64 concurrent), and a thread hand-off per
-    image, with the GIL traded each time, was what batching could save there. Each request's
-    decode still fails alone (its own 400); a request whose client went away is skipped. All
-    bookkeeping is on the event loop's thread."""
+    — one thread hand-off and one wake-up of the loop per job (or per ``DECODE_DELIVER_S`` of
+    decoding), not per image — so they also reach the model's batcher in one turn of the loop
+    and run as one batch. Under load an image endpoint is decode-bound (issue 15: PNG uploads at
+    64 concurrent), and a thread hand-off per image, with the GIL traded each time, was what
+    batching could save there. Each request's decode still fails alone (its own 400); a request
+    whose client went away is skipped. The queue and the count of jobs are the event loop's."""
 
     def __init__(self, pool: ThreadPoolExecutor, threads: int) -> None:
         self.pool, self.threads = pool, threads
-        self.pending: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]] = \
-            collections.deque()
+        self.pending: collections.deque[Pending] = collections.deque()
         self.jobs = 0  # running now (at most ``threads``)
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -102,35 +106,54 @@ class _DecodeBatches:
                 batch.append(item)
         if batch:
             self.jobs += 1
-            loop.run_in_executor(self.pool, _decode_all, batch).add_done_callback(
+            loop.run_in_executor(self.pool, self._decode_all, loop, batch).add_done_callback(
                 functools.partial(self._done, loop, batch))
 
-    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[Any], job: asyncio.Future) -> None:
+    def _decode_all(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]
+                    ) -> tuple[int, list[tuple[bool, Any]]]:
+        """One job, in the pool: each request's outcome (a result or its exception), handed back
+        every ``DECODE_DELIVER_S``; returns how many were handed back already, and all."""
+        outcomes: list[tuple[bool, Any]] = []
+        sent, since = 0, time.perf_counter()
+        for fn, args, _ in batch:
+            try:
+                outcomes.append((True, fn(*args)))
+            except Exception as exc:  # this request's own 400 (or failure); the others go on
+                outcomes.append((False, exc))
+            now = time.perf_counter()
+            if now - since >= DECODE_DELIVER_S and len(outcomes) < len(batch):
+                try:
+                    loop.call_soon_threadsafe(self._deliver, loop, batch[sent:len(outcomes)],
+                                              outcomes[sent:])
+                except RuntimeError:  # that event loop has closed: nobody waits for the rest
+                    return len(batch), outcomes
+                sent, since = len(outcomes), now
+        return sent, outcomes
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[Pending],
+                 outcomes: list[tuple[bool, Any]]) -> None:
         if loop is not self.loop:  # a job of an event loop no longer served
+            return
+        for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], job: asyncio.Future) -> None:
+        if loop is not self.loop:
             return
         self.jobs -= 1
         if job.cancelled() or job.exception() is not None:  # the pool itself failed (shut down)
             why = "cancelled" if job.cancelled() else job.exception()
-            failure = RuntimeError(f"image decoding failed: {why}")
-            outcomes: list[tuple[bool, Any]] = [(False, failure)] * len(batch)
+            self._deliver(loop, batch, [(False, RuntimeError(f"image decoding failed: {why}"))] * len(batch))
         else:
-            outcomes = job.result()
-        for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(value) if ok else future.set_exception(value)
+            sent, outcomes = job.result()
+            self._deliver(loop, batch[sent:], outcomes[sent:])
         if self.pending:
             self._start(loop)
-
-
-def _decode_all(batch: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]) -> list[tuple[bool, Any]]:
-    """One decode job (in the pool): each request's outcome, a result or its exception."""
-    outcomes: list[tuple[bool, Any]] = []
-    for fn, args, _ in batch:
-        try:
-            outcomes.append((True, fn(*args)))
-        except Exception as exc:  # this request's own 400 (or failure); the others go on
-            outcomes.append((False, exc))
-    return outcomes
 
 
 @functools.cache
