@@ -145,3 +145,17 @@ def test_the_image_endpoint_decodes_with_batching_on_and_off(batching: bool) -> 
     out = asyncio.run(run())
     assert all(o.shape == (1, 1, 28, 28) for o in out)
     assert all(np.array_equal(o, out[0]) for o in out) and out[0].max() > 0.5
+
+
+def test_a_pool_that_has_shut_down_fails_the_requests_instead_of_holding_them() -> None:
+    decode, release, _ = _decoder()
+    release.set()
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    batches = _DecodeBatches(pool, 1)
+
+    async def run() -> object:
+        return await asyncio.wait_for(batches.submit(decode, ("a",)), 5)
+
+    with pytest.raises(RuntimeError, match="image decoding failed"):
+        asyncio.run(run())

@@ -104,10 +104,15 @@ class _DecodeBatches:
             item = self.pending.popleft()
             if not item[2].done():  # cancelled: its client went away
                 batch.append(item)
-        if batch:
-            self.jobs += 1
-            loop.run_in_executor(self.pool, self._decode_all, loop, batch).add_done_callback(
-                functools.partial(self._done, loop, batch))
+        if not batch:
+            return
+        try:
+            job = loop.run_in_executor(self.pool, self._decode_all, loop, batch)
+        except RuntimeError as exc:  # the pool has shut down (the process is stopping)
+            self._deliver(loop, batch, [(False, RuntimeError(f"image decoding failed: {exc}"))] * len(batch))
+            return
+        self.jobs += 1
+        job.add_done_callback(functools.partial(self._done, loop, batch))
 
     def _decode_all(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]
                     ) -> tuple[int, list[tuple[bool, Any]]]:
