@@ -109,7 +109,7 @@ class _DecodeBatches:
         try:
             job = loop.run_in_executor(self.pool, self._decode_all, loop, batch)
         except RuntimeError as exc:  # the pool has shut down (the process is stopping)
-            self._deliver(loop, batch, [(False, RuntimeError(f"image decoding failed: {exc}"))] * len(batch))
+            self._fail(loop, batch, exc)
             return
         self.jobs += 1
         job.add_done_callback(functools.partial(self._done, loop, batch))
@@ -147,13 +147,17 @@ class _DecodeBatches:
             else:
                 future.set_exception(value)
 
+    def _fail(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], why: object) -> None:
+        """Every request of ``batch`` fails (500), each with its own exception."""
+        self._deliver(loop, batch, [(False, RuntimeError(f"image decoding failed: {why}"))
+                                    for _ in batch])
+
     def _done(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], job: asyncio.Future) -> None:
         if loop is not self.loop:
             return
         self.jobs -= 1
         if job.cancelled() or job.exception() is not None:  # the pool itself failed (shut down)
-            why = "cancelled" if job.cancelled() else job.exception()
-            self._deliver(loop, batch, [(False, RuntimeError(f"image decoding failed: {why}"))] * len(batch))
+            self._fail(loop, batch, "cancelled" if job.cancelled() else job.exception())
         else:
             sent, outcomes = job.result()
             self._deliver(loop, batch[sent:], outcomes[sent:])
