@@ -133,7 +133,7 @@ class HotRequest(Request):
                 self._is_disconnected = True
                 raise ClientDisconnect()
         self._stream_consumed = True
-        self._body = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+        self._body = b"".join(chunks)  # one bytes chunk: that object itself, not a copy
         return self._body
 
 
