@@ -205,13 +205,27 @@ class _Reading(_Transport):
         return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5555)}.get(name, default)
 
 
+def _connected(app: Any) -> tuple[Any, _Reading]:
+    """A real ``GuardedProtocol`` serving ``app``, connected on a ``_Reading`` transport (inside
+    a running event loop)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from services.worker import GuardedProtocol
+
+    config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
+    config.load()
+    protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
+                               _loop=asyncio.get_running_loop())
+    transport = _Reading()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 def _upload(head: bytes, chunks: list[bytes], limit: int = 1 << 20) -> tuple[int, bytes]:
     """Feed one request (``head`` then ``chunks``) to a real ``GuardedProtocol`` whose app reads
     nothing until the whole request has arrived: the pauses of reading, and the body the app
     then reads."""
-    import uvicorn
-    from uvicorn.server import ServerState
-
     from services.worker import GuardedProtocol
 
     got: list[bytes] = []
@@ -231,12 +245,7 @@ def _upload(head: bytes, chunks: list[bytes], limit: int = 1 << 20) -> tuple[int
     async def run() -> int:
         nonlocal arrived
         arrived = asyncio.Event()
-        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
-        config.load()
-        protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
-                                   _loop=asyncio.get_running_loop())
-        transport = _Reading()
-        protocol.connection_made(transport)
+        protocol, transport = _connected(app)
         protocol.data_received(head)
         for chunk in chunks:
             protocol.data_received(chunk)
@@ -280,11 +289,6 @@ def test_a_longer_or_undeclared_body_keeps_uvicorns_pauses() -> None:
 def _messages_while_arriving(head: bytes, chunks: list[bytes]) -> list[bytes]:
     """The bodies of the ``http.request`` messages an app gets when it reads at once, while the
     request's ``chunks`` are still arriving (one per turn of the event loop)."""
-    import uvicorn
-    from uvicorn.server import ServerState
-
-    from services.worker import GuardedProtocol
-
     messages: list[bytes] = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -298,11 +302,7 @@ def _messages_while_arriving(head: bytes, chunks: list[bytes]) -> list[bytes]:
         await send({"type": "http.response.body", "body": b""})
 
     async def run() -> None:
-        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
-        config.load()
-        protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
-                                   _loop=asyncio.get_running_loop())
-        protocol.connection_made(_Reading())
+        protocol, _ = _connected(app)
         protocol.data_received(head + chunks[0])
         for chunk in chunks[1:]:
             await asyncio.sleep(0)  # the app's task runs, and reads, between the parts

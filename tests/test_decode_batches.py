@@ -14,7 +14,7 @@ from services.kinds.image import DECODE_BATCH, _DecodeBatches
 
 
 def _decoder() -> tuple[object, threading.Event, list[str]]:
-    """A decode function that records which thread job ran each call and blocks until released."""
+    """A decode function that blocks until released, then records the order of its calls."""
     release, calls = threading.Event(), []
 
     def decode(name: str) -> str:
