@@ -331,6 +331,87 @@ def test_a_declared_body_within_the_limit_reaches_the_app_whole_as_one_message()
     assert len(messages) > 2 and b"".join(messages) == BIG
 
 
+def _serve_reads(reads: list[bytes], answer_early: bool = False) -> tuple[list[bytes], bytes, int]:
+    """Feed ``reads`` (one ``data_received`` each) to a real ``GuardedProtocol`` whose app echoes
+    each request's body length (or, ``answer_early``, answers a POST 413 before reading it):
+    the bodies the app read, what the client got back, and how many body reads the HTTP parser
+    handed on (``on_body``)."""
+    from services.worker import GuardedProtocol
+
+    bodies: list[bytes] = []
+    parsed = 0
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if answer_early and scope["method"] == "POST":
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        bodies.append(body)
+        answer = b"%d" % len(body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    class Counting(GuardedProtocol):
+        def on_body(self, body: bytes) -> None:
+            nonlocal parsed
+            parsed += 1
+            super().on_body(body)
+
+    async def run() -> bytes:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
+        config.load()
+        protocol = Counting(config=config, server_state=ServerState(), app_state={},
+                            _loop=asyncio.get_running_loop())
+        transport = _Reading()
+        protocol.connection_made(transport)
+        for data in reads:
+            protocol.data_received(data)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the app runs between reads, as on a real connection
+        for _ in range(100):
+            if b"".join(transport.calls).count(b"HTTP/1.1") >= 2:
+                break
+            await asyncio.sleep(0.01)
+        return b"".join(transport.calls)
+
+    answers = asyncio.run(run())
+    return bodies, answers, parsed
+
+
+def test_the_rest_of_a_declared_body_bypasses_the_parser_and_a_pipelined_request_follows() -> None:
+    """Issue 15: once a declared body within the limit is read whole, its further reads are kept
+    as they came, not copied again by the HTTP parser; the request then ends as the parser would
+    end it, and a request pipelined in the same read as the body's tail is parsed and answered."""
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    following = b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n"
+    reads = [head + BIG[:100_000], *(BIG[i:i + 50_000] for i in range(100_000, len(BIG), 50_000))]
+    reads[-1] += following
+    bodies, answers, parsed = _serve_reads(reads)
+    assert bodies == [BIG, b""]
+    assert answers.count(b"HTTP/1.1 200") == 2 and answers.endswith(b"\r\n\r\n0")
+    assert parsed == 1  # the parser handed on the first read only (past 64 KiB: read whole)
+
+
+def test_a_body_answered_early_is_dropped_past_the_parser_and_the_connection_goes_on() -> None:
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    following = b"POST /y HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+    reads = [head + BIG[:100_000], *(BIG[i:i + 50_000] for i in range(100_000, len(BIG), 50_000)),
+             following]
+    bodies, answers, _ = _serve_reads(reads, answer_early=True)
+    assert bodies == [] and answers.count(b"HTTP/1.1 413") == 2  # the second one parsed too
+
+
 def test_the_hot_requests_body_is_the_one_message_itself() -> None:
     """``HotRequest.body``: one message's body is returned as it is (no copy), several are
     joined, and a disconnect while reading is Starlette's ``ClientDisconnect``."""
