@@ -90,6 +90,41 @@ def test_npy_any_declared_shape_never_allocates_it(shape: list[int], descr: str,
     _accepts_or_4xx(codecs.decode_npy, body, MAX_ITEMS)
 
 
+@SETTINGS
+@given(hnp.arrays(st.sampled_from(["u1", "<f4", ">f4", "<f8", "<i8", "?", "<c8"]),
+                  hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)), st.booleans())
+def test_npy_headers_kept_answer_as_numpy_reads_and_writes(array: np.ndarray, fortran: bool) -> None:
+    """Issue 15: ``.npy`` headers are parsed once per exact header and built once per dtype and
+    shape; the first and every later body with that header read as NumPy reads it, and an
+    answer's bytes are NumPy's own."""
+    if fortran and array.ndim > 1:
+        array = np.asfortranarray(array)
+    body = _npy(array)
+    for _ in range(2):  # parsed, then from what was kept
+        got = codecs.read_npy(body, 10)
+        expected = np.load(io.BytesIO(body))
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        written = io.BytesIO()
+        np.lib.format.write_array(written, np.ascontiguousarray(array), allow_pickle=False)
+        assert codecs.encode_npy(array) == written.getvalue()
+
+
+def test_npy_header_kept_is_only_for_those_exact_bytes() -> None:
+    """A kept header answers only a body whose header bytes are the same: another shape, dtype
+    or order is parsed for itself, and a refused header is never kept."""
+    a, b = np.zeros((2, 3), "<f4"), np.zeros((3, 2), "<f4")
+    for _ in range(2):
+        assert codecs.read_npy(_npy(a), 10).shape == (2, 3)
+        assert codecs.read_npy(_npy(b), 10).shape == (3, 2)
+        assert codecs.read_npy(_npy(a.astype("<f8")), 10).dtype == np.float64
+        assert codecs.read_npy(_npy(np.asfortranarray(np.arange(6.0).reshape(2, 3))), 10)[0, 1] == 1.0
+    bad = _npy(a).replace(b"'descr': '<f4'", b"'descr': '|O4'")
+    for _ in range(2):
+        with pytest.raises(PodiumError):
+            codecs.read_npy(bad, 10)
+
+
 # ------------------------------------------------------------------------- JSON tensors, rows
 
 @SETTINGS
