@@ -97,6 +97,12 @@ def as_image_batch(array: np.ndarray, field: str, max_items: int,
     return batch
 
 
+# Native float dtype → (the unsigned integer of its size, the bits of 1.0): for non-negative
+# floats the bits order as the values do.
+_ONE_BITS = {np.dtype(np.float32): (np.uint32, 0x3F800000),
+             np.dtype(np.float64): (np.uint64, 0x3FF0000000000000)}
+
+
 def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
     """uint8 / integer 0–255 → /255; floats must already be in [0, 1]. Returns float32.
 
@@ -110,6 +116,12 @@ def normalize_pixels(batch: np.ndarray, field: str) -> np.ndarray:
         if batch.dtype != np.uint8 and batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InvalidInput("integer pixels must be in 0–255", field=field)
         return np.multiply(batch, np.float32(1 / 255), dtype=np.float32)
+    ones = _ONE_BITS.get(batch.dtype)
+    if ones is not None and batch.size and batch.view(ones[0]).max() <= ones[1]:
+        # Every pixel's bits at most 1.0's: each is in [+0, 1] (a sign bit, NaN or infinity has
+        # more), so one pass decides, and the cast to float32 cannot overflow. Anything else —
+        # -0.0 included — takes the checks below, which decide as they always did.
+        return batch.astype(np.float32, copy=False)
     with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused next
         out = batch.astype(np.float32, copy=False)
     if out.size and not (out.min() >= 0.0 and out.max() <= 1.0):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -108,6 +108,37 @@ def test_npy_headers_kept_answer_as_numpy_reads_and_writes(array: np.ndarray, fo
         written = io.BytesIO()
         np.lib.format.write_array(written, np.ascontiguousarray(array), allow_pickle=False)
         assert codecs.encode_npy(array) == written.getvalue()
+
+
+PIXEL_FLOATS = st.one_of(st.floats(0, 1), st.floats(width=32), st.floats(),
+                         st.sampled_from([0.0, -0.0, 1.0, 1.0 + 2**-40, 1.0 + 2**-23, -2**-149,
+                                          2**-1074, 3.5e38, float("nan"), float("inf"),
+                                          -float("inf")]))
+
+
+@SETTINGS
+@given(st.lists(PIXEL_FLOATS, min_size=1, max_size=12), st.sampled_from([np.float32, np.float64]))
+@example([0.5, 1.0 + 2**-23], np.float32)  # float32's next after 1.0: refused
+@example([1.0 + 2**-52, 0.0], np.float64)  # rounds to 1.0 in float32: kept
+@example([-0.0, 0.25], np.float32)  # -0.0 ≥ 0: kept, its sign bit as it was
+@example([0.1, 3.5e38 * 2], np.float64)  # past float32's range: refused
+@example([float("nan"), 0.5], np.float32)
+def test_float_pixels_are_refused_or_kept_as_the_float32_range_check_decides(
+        values: list[float], dtype: type) -> None:
+    """Issue 15: the one-pass check of float pixels (their bits against 1.0's) decides exactly as
+    casting to float32 and asking 0 ≤ x ≤ 1 does — -0.0, values that round to 1.0, subnormals,
+    NaN, infinities and float64s past float32's range included — and keeps the same bits."""
+    with np.errstate(over="ignore"):
+        batch = np.asarray(values, np.float64).astype(dtype)
+        cast = batch.astype(np.float32)
+    accepted = bool(cast.min() >= 0.0 and cast.max() <= 1.0)
+    if accepted:
+        got = codecs.normalize_pixels(batch, "x")
+        assert got.dtype == np.float32
+        assert got.view(np.uint32).tolist() == cast.view(np.uint32).tolist()
+    else:
+        with pytest.raises(PodiumError):
+            codecs.normalize_pixels(batch, "x")
 
 
 def test_npy_header_kept_is_only_for_those_exact_bytes() -> None:
