@@ -346,7 +346,22 @@ def number_field(payload: dict[str, Any], key: str, default: Any, kind: type, lo
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    e = logits - logits.max(axis=1, keepdims=True)  # a new array: exp and the division reuse it
-    np.exp(e, out=e)
-    e /= e.sum(axis=1, keepdims=True)
-    return e
+    """Row-wise softmax of [N, K] logits, a new C-contiguous array of their dtype.
+
+    Many rows are computed on a transposed copy [K, N]: NumPy reduces a row of ten scores slowly,
+    one row at a time, but K rows of N elementwise — [1024, 10] (a 1,024-image ``.npy`` answer)
+    took 83 µs of event-loop time per request, 27 µs this way (issue 15); under
+    ``SOFTMAX_ROWS_TRANSPOSED`` rows the copies cost more than they save."""
+    if logits.shape[0] < SOFTMAX_ROWS_TRANSPOSED:
+        e = logits - logits.max(axis=1, keepdims=True)  # a new array: exp and the division reuse it
+        np.exp(e, out=e)
+        e /= e.sum(axis=1, keepdims=True)
+        return e
+    t = logits.T.copy(order="C")
+    t -= t.max(axis=0)
+    np.exp(t, out=t)
+    t /= t.sum(axis=0)
+    return np.ascontiguousarray(t.T)
+
+
+SOFTMAX_ROWS_TRANSPOSED = 64

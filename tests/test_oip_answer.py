@@ -202,8 +202,10 @@ def test_the_two_pass_pixel_check_still_names_each_bad_pixel(bad: float, message
 
 
 def test_softmax_in_place_matches_the_textbook_and_keeps_float32() -> None:
-    logits = np.random.default_rng(5).normal(0, 20, (4, 10)).astype(np.float32)
-    got = codecs.softmax(logits)
-    exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    assert got.dtype == np.float32 and np.allclose(got, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
-    assert not np.shares_memory(got, logits)
+    for shape in ((4, 10), (1, 10), (1024, 10), (3, 1000), (64, 1), (100, 1000)):
+        logits = np.random.default_rng(5).normal(0, 20, shape).astype(np.float32)
+        got = codecs.softmax(logits)
+        exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+        assert got.dtype == np.float32 and got.shape == shape and got.flags.c_contiguous
+        assert np.allclose(got, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
+        assert not np.shares_memory(got, logits)
