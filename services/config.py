@@ -197,6 +197,11 @@ class ServeConfig(BaseSettings):
         description="freed C heap a worker keeps for the next request instead of returning it to "
                     "the kernel (glibc; allocations up to min(this, 32 MiB) come from the heap): "
                     "a big body's buffers are reused, not page-faulted in anew; 0 = glibc defaults")
+    body_in_place_bytes: int = Field(
+        32 * 1024 * 1024, ge=0,
+        description="bytes a worker may allocate for declared request bodies (within "
+                    "max_request_bytes) still arriving, to read them straight into place (no copy "
+                    "per read, no join); a body past it is kept as its reads; 0 = never")
     # -- end of issue 15 (.npy batches) ----------------------------------------------------------
     # -- process and connection hardening (issue 10) -------------------------------------------
     strict: bool = Field(False, description="a model version that fails to load stops start-up "

@@ -133,7 +133,9 @@ class HotRequest(Request):
                 self._is_disconnected = True
                 raise ClientDisconnect()
         self._stream_consumed = True
-        self._body = b"".join(chunks)  # one bytes chunk: that object itself, not a copy
+        # One chunk is the body itself — a big one read in place (``services.worker``) is a
+        # ``bytearray``, which ``b"".join`` would copy.
+        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 
 

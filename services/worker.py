@@ -31,8 +31,10 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   buffers that much of it anyway (``services.http.read_body``) — and its reads are kept as a
   list (``_Chunks``), joined once and handed to the app as one message when the body is complete;
   once it is read that way, its further reads bypass the HTTP parser (which copied each read
-  again) and a fresh parser takes the next request. A longer or undeclared (chunked) body keeps
-  uvicorn's pauses and its parser.
+  again) and a fresh parser takes the next request; with ``IN_PLACE_MIN_BYTES`` or more still to
+  come, the event loop reads them straight into one buffer of the body's size (``_BodyInPlace``,
+  counted against ``body_in_place_bytes``). A longer or undeclared (chunked) body keeps uvicorn's
+  pauses and its parser.
 - **Balanced accept.** BentoML's workers all accept on one socket the arbiter bound; whichever
   worker wakes first takes every connection waiting, and a client opening 64 keep-alive
   connections at once could find all 64 on one worker while the other idled (seen in 1 of 4 runs
@@ -76,6 +78,7 @@ from services.config import ServeConfig
 log = logging.getLogger("podium.worker")
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
+IN_PLACE_MIN_BYTES = 256 * 1024  # a body with less still to come is kept as its reads
 LINGER_S = 2.0  # after refusing a request, keep reading (and dropping) so the client sees why
 DRAIN_POLL_S = 0.05
 SHUTDOWN_CANCEL_S = 1.0  # once drained, what uvicorn may still wait before cancelling tasks
@@ -137,7 +140,43 @@ class _Chunks:
 
     def __bytes__(self) -> bytes:
         parts = self.parts
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+
+    def whole(self) -> bytes | bytearray:
+        """The body as one object: a lone part itself — a body read in place
+        (``_BodyInPlace``) is its ``bytearray`` — else the parts joined once."""
+        parts = self.parts
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _BodyInPlace(asyncio.BufferedProtocol):
+    """The rest of a big declared body, read by the event loop straight into the body's own
+    buffer (uvloop reads into ``get_buffer``'s memory: no ``bytes`` per read, no join after),
+    standing in for the connection's ``GuardedProtocol`` until the body is complete. The buffer
+    is sized exactly to the declared body, so no byte of a following request lands in it."""
+
+    def __init__(self, owner: GuardedProtocol, buffer: bytearray, filled: int) -> None:
+        self.owner, self.buffer, self.filled = owner, buffer, filled
+        self.view = memoryview(buffer)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        self.owner.body_arrived(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.owner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
 
 
 class CoalescingCycle(RequestResponseCycle):
@@ -179,11 +218,17 @@ class CoalescingCycle(RequestResponseCycle):
         ``max_request_bytes``) goes to the app as one message once it is complete, joined once,
         instead of as whatever had arrived at each call (which the app then joined again). A
         body timeout or a disconnect still ends the wait (``disconnected``)."""
-        if type(self.body) is _Chunks and self.more_body and not self.waiting_for_100_continue:
+        body = self.body
+        if type(body) is _Chunks and not self.waiting_for_100_continue:
             while self.more_body and not (self.disconnected or self.response_complete):
                 await self.message_event.wait()
                 self.message_event.clear()
-            self.message_event.set()  # uvicorn's receive waits for it once more
+            if not (self.disconnected or self.response_complete):
+                # uvicorn's last message, without its ``bytes()`` of the body (a copy of a
+                # body read in place); the event is left clear, as uvicorn leaves it.
+                self.message_event.clear()
+                self.body = b""
+                return {"type": "http.request", "body": body.whole(), "more_body": False}
         return await super().receive()
 
     async def send(self, message: Any) -> None:
@@ -211,6 +256,8 @@ class GuardedProtocol(HttpToolsProtocol):
     body_timeout_s = 60.0
     max_header_bytes = 64 * 1024
     whole_body_bytes = 8 * 1024 * 1024  # max_request_bytes: a declared body up to it is read unpaused
+    in_place_bytes = 32 * 1024 * 1024  # body_in_place_bytes: what bodies read in place may hold
+    in_place_held = 0  # ... and hold now, in this worker (the event loop's thread alone counts)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -219,6 +266,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.body_seen = 0  # body bytes of the current request the parser has passed on
         self.body_left = 0  # body bytes still to come past the parser (``_past_parser``)
+        self.in_place: _BodyInPlace | None = None  # reading the body in place (``_read_in_place``)
         self.deadline: float | None = self.loop.time() + self.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
@@ -242,21 +290,67 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _read_rest_past_parser(self) -> None:
         """After a read that left the current request's body incomplete: if the body is
-        declared (``Content-Length``, not chunked) within ``whole_body_bytes``, the rest of it
-        bypasses the parser (``_past_parser``). httptools hands each body read to ``on_body``
-        as a new copy — 3.2 MB of ``.npy`` body cost 0.5–2 ms of event-loop time that way
-        (issue 15); past the parser a read is kept as it came."""
+        declared (``Content-Length``, not chunked) within ``whole_body_bytes``, it goes to the
+        app whole (``_Chunks``) and the rest of it bypasses the parser — read in place
+        (``_BodyInPlace``) when at least ``IN_PLACE_MIN_BYTES`` are still to come and
+        ``in_place_bytes`` allows, else kept read by read (``_past_parser``). httptools hands
+        each body read to ``on_body`` as a new copy: 3.2 MB of ``.npy`` body cost 0.5–2 ms of
+        event-loop time that way (issue 15)."""
         cycle = self.cycle
-        if cycle is None or not cycle.more_body or type(cycle.body) is not _Chunks:
-            return  # only a body already read whole (``on_body``: declared within the limit)
+        if cycle is None or not cycle.more_body or cycle.response_complete:
+            return
+        if type(cycle.body) is not _Chunks:  # under 64 KiB so far (``on_body``)
+            if not self._declared_within_limit() or \
+                    (self.parser.should_upgrade() and self._should_upgrade()):
+                return
+            cycle.body = _Chunks(cycle.body)
         declared = None
         for name, value in self.headers:
             if name == b"content-length":
                 declared = int(value)  # digits: ``_declared_within_limit`` checked it
             elif name == b"transfer-encoding":
                 return
-        if declared is not None and declared > self.body_seen:
-            self.body_left = declared - self.body_seen
+        if declared is None or declared <= self.body_seen:
+            return
+        self.body_left = declared - self.body_seen
+        if self.body_left >= IN_PLACE_MIN_BYTES and hasattr(self.transport, "set_protocol"):
+            self._read_in_place(cycle.body)
+
+    def _read_in_place(self, chunks: _Chunks) -> None:
+        """Read the rest of the body into one buffer (``_BodyInPlace``) of what the app has still
+        to take — its reads so far, copied in first, and what is to come — counted in
+        ``in_place_bytes`` until the body is complete or the connection is done with it."""
+        size = len(chunks) + self.body_left
+        if GuardedProtocol.in_place_held + size > self.in_place_bytes:
+            return  # kept read by read
+        buffer = bytearray(size)
+        filled = 0
+        for part in chunks.parts:
+            buffer[filled:filled + len(part)] = part
+            filled += len(part)
+        chunks.parts, chunks.size = [buffer], size  # complete once the rest is in place
+        GuardedProtocol.in_place_held += size
+        self.in_place = _BodyInPlace(self, buffer, filled)
+        self.transport.set_protocol(self.in_place)
+
+    def _leave_in_place(self) -> None:
+        """The body read in place is complete, or the connection is refused or lost: this
+        protocol reads again, and the buffer no longer counts against ``in_place_bytes``."""
+        reader, self.in_place = self.in_place, None
+        GuardedProtocol.in_place_held -= len(reader.buffer)
+        if not self.transport.is_closing():
+            self.transport.set_protocol(self)
+
+    def body_arrived(self, nbytes: int) -> None:
+        """``nbytes`` more of a body read in place (``_BodyInPlace``)."""
+        self._unset_keepalive_if_required()  # as uvicorn's data_received (an early answer arms it)
+        self.body_seen += nbytes
+        self.body_left -= nbytes
+        if self.body_left:
+            return
+        self._leave_in_place()
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
 
     def _past_parser(self, data: bytes) -> None:
         """Body bytes of a declared body, appended as they came; once it is complete the request
@@ -322,6 +416,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = None
         super().on_message_complete()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.in_place is not None:
+            self._leave_in_place()
+        super().connection_lost(exc)
+
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, f"invalid HTTP request: {msg}")
 
@@ -349,6 +448,8 @@ class GuardedProtocol(HttpToolsProtocol):
         and the client might never read the answer)."""
         self.refused = True
         self.deadline = None
+        if self.in_place is not None:
+            self._leave_in_place()  # what the client still sends is dropped here
         body = orjson.dumps({"error": message})
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -369,6 +470,7 @@ def configure_protocol(config: ServeConfig) -> None:
     GuardedProtocol.body_timeout_s = config.body_timeout_s
     GuardedProtocol.max_header_bytes = config.max_header_bytes
     GuardedProtocol.whole_body_bytes = config.max_request_bytes
+    GuardedProtocol.in_place_bytes = config.body_in_place_bytes
 
 
 def proxy_headers_inside(uv: Any, edge: Any) -> bool:

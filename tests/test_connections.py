@@ -412,6 +412,119 @@ def test_a_body_answered_early_is_dropped_past_the_parser_and_the_connection_goe
     assert bodies == [] and answers.count(b"HTTP/1.1 413") == 2  # the second one parsed too
 
 
+HUGE = bytes(range(256)) * 4096  # 1 MiB: past IN_PLACE_MIN_BYTES after any first read
+
+
+def _over_a_socket(client: Any, in_place_bytes: int = 32 << 20, body_timeout_s: float = 60.0
+                   ) -> tuple[list[tuple[str, int]], Any]:
+    """A real ``GuardedProtocol`` on a real uvloop TCP listener on 127.0.0.1 whose app reads each
+    body (``HotRequest.body``) and answers its length; ``client(port)`` (a coroutine) talks to
+    it (``client(port, server_state)``). Returns each body's type and length as the app read
+    it, and what ``client`` returned."""
+    import uvicorn
+    import uvloop
+    from uvicorn.server import ServerState
+
+    from services.http import HotRequest
+    from services.worker import GuardedProtocol
+
+    bodies: list[tuple[str, int]] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        body = await HotRequest(scope, receive).body()
+        bodies.append((type(body).__name__, len(body)))
+        answer = b"%d" % len(body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def run() -> Any:
+        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
+        config.load()
+        loop, state = asyncio.get_running_loop(), ServerState()
+        server = await loop.create_server(
+            lambda: GuardedProtocol(config=config, server_state=state, app_state={}, _loop=loop),
+            "127.0.0.1", 0)
+        try:
+            return await asyncio.wait_for(client(server.sockets[0].getsockname()[1], state), 20)
+        finally:
+            server.close()
+
+    saved = GuardedProtocol.in_place_bytes, GuardedProtocol.body_timeout_s
+    GuardedProtocol.in_place_bytes, GuardedProtocol.body_timeout_s = in_place_bytes, body_timeout_s
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            got = runner.run(run())
+    finally:
+        GuardedProtocol.in_place_bytes, GuardedProtocol.body_timeout_s = saved
+    return bodies, got
+
+
+async def _post_then_get(port: int, state: Any) -> bytes:
+    """A 1 MiB POST written in 64 KiB pieces, then a pipelined GET on the same connection: both
+    answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(HUGE))
+    for i in range(0, len(HUGE), 65536):
+        writer.write(HUGE[i:i + 65536])
+        await writer.drain()
+        await asyncio.sleep(0)
+    writer.write(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    got = b""
+    while got.count(b"HTTP/1.1 200") < 2 or not got.endswith(b"\r\n\r\n0"):
+        got += await reader.read(65536)
+    writer.close()
+    return got
+
+
+def test_a_big_declared_body_is_read_in_place_over_a_real_socket() -> None:
+    """Issue 15: the rest of a big declared body is read by the event loop straight into one
+    buffer the app then gets whole (a ``bytearray``: no join, no copy per read); the request
+    that follows on the connection is parsed as usual, and the buffer leaves the worker's
+    ``in_place_bytes`` count."""
+    from services.worker import GuardedProtocol
+
+    bodies, answers = _over_a_socket(_post_then_get)
+    assert bodies == [("bytearray", len(HUGE)), ("bytes", 0)]
+    assert answers.count(b"\r\n\r\n%d" % len(HUGE)) == 1
+    assert GuardedProtocol.in_place_held == 0
+    # No room for it (in_place_bytes): the same body kept read by read, whole all the same.
+    bodies, _ = _over_a_socket(_post_then_get, in_place_bytes=len(HUGE) - 1)
+    assert bodies == [("bytes", len(HUGE)), ("bytes", 0)]
+
+
+def test_a_body_read_in_place_gives_its_room_back_when_the_client_leaves_or_stalls() -> None:
+    from services.worker import GuardedProtocol
+
+    async def leave(port: int, state: Any) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(HUGE)
+                     + HUGE[:400_000])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        assert GuardedProtocol.in_place_held > 0  # reading in place
+        writer.close()
+        await asyncio.sleep(0.2)
+
+    async def stall(port: int, state: Any) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(HUGE)
+                     + HUGE[:400_000])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        for connection in list(state.connections):  # the worker's sweep, past the deadline
+            connection.check(asyncio.get_running_loop().time() + 10)
+        got = await reader.read(65536)
+        writer.close()
+        return got
+
+    bodies, _ = _over_a_socket(leave)
+    assert bodies == [] and GuardedProtocol.in_place_held == 0
+    bodies, answer = _over_a_socket(stall, body_timeout_s=1.0)
+    assert answer.startswith(b"HTTP/1.1 408") and b"body_timeout_s" in answer
+    assert bodies == [] and GuardedProtocol.in_place_held == 0
+
+
 def test_the_hot_requests_body_is_the_one_message_itself() -> None:
     """``HotRequest.body``: one message's body is returned as it is (no copy), several are
     joined, and a disconnect while reading is Starlette's ``ClientDisconnect``."""
