@@ -153,7 +153,7 @@ class _BodyInPlace(asyncio.BufferedProtocol):
     """The rest of a big declared body, read by the event loop straight into the body's own
     buffer (uvloop reads into ``get_buffer``'s memory: no ``bytes`` per read, no join after),
     standing in for the connection's ``GuardedProtocol`` until the body is complete. The buffer
-    is sized exactly to the declared body, so no byte of a following request lands in it."""
+    ends where the declared body ends, so no byte of a following request lands in it."""
 
     def __init__(self, owner: GuardedProtocol, buffer: bytearray, filled: int) -> None:
         self.owner, self.buffer, self.filled = owner, buffer, filled
