@@ -71,8 +71,8 @@ def test_warm_runs_every_size_then_times_each() -> None:
     b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [1, 2, 4, 8])
     assert sorted(b.costs) == [1, 2, 4, 8]
     assert b.costs[1] >= ITEM_S and b.costs[8] >= 8 * ITEM_S
-    # Every size ran once (the warm-up), then 5 timed rounds of every size.
-    assert [n for n, _ in model.calls] == [1, 2, 4, 8] * 6
+    # Every size ran once (the warm-up), then 5 timed rounds of every size, up and down in turn.
+    assert [n for n, _ in model.calls] == [1, 2, 4, 8] + [1, 2, 4, 8, 8, 4, 2, 1] * 2 + [1, 2, 4, 8]
     assert b.run_size is None  # not splitting: no run size chosen
 
     off = Model()
@@ -255,3 +255,4 @@ def test_run_size_survives_a_burst_of_other_work_during_warm_up(monkeypatch: pyt
                     max_queue_items=1000, inline_max_s=0.001, split=True)
         b.warm(lambda n: {"x": np.zeros((n, 3), np.float32)}, [16, 32, 64, 128])
         assert b.run_size == 64, (burst_at, b.costs)
+
