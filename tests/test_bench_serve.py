@@ -99,6 +99,34 @@ def test_the_paired_oip_json_measurement_decides_when_there_is_one() -> None:
     assert oip["met"] is True and "paired" in oip["measured"] and "0.99" in oip["measured"]
 
 
+def test_the_paired_ceiling_measurement_decides_when_there_is_one() -> None:
+    """The parse-ceiling target takes the paired A B B A figures (both servers up, best run of
+    each) over the two rows measured minutes apart, either way, and says so."""
+    result = passing()
+    result["ceiling"]["64"] = point(2000)  # the rows alone would miss (1200 / 2000)
+    result["ceiling_vs_podium"] = {"podium": dict(point(1210), runs_rps=[1210.0] * 4),
+                                   "ceiling": dict(point(1500), runs_rps=[1500.0] * 4)}
+    verdict = next(v for v in b.judge(result) if "parse ceiling" in v["target"])
+    assert verdict["met"] is True and "paired" in verdict["measured"] and "80.7 %" in verdict["measured"]
+    result["ceiling"]["64"] = point(1300)  # now the rows alone would pass
+    result["ceiling_vs_podium"]["podium"]["ok_rps"] = 1190.0
+    verdict = next(v for v in b.judge(result) if "parse ceiling" in v["target"])
+    assert verdict["met"] is False
+    assert "80.7 %" not in "\n".join(b._section_ceiling(result))
+    assert "= 79.3 %" in "\n".join(b._section_ceiling(result))
+
+
+def test_abba_takes_each_sides_best_run_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    rates = iter([100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])  # A B B A A B B A
+    monkeypatch.setattr(b, "hey", lambda url, body, c, s: point(next(rates), c=c))
+    out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0, best=True)  # type: ignore[arg-type]
+    assert out["a"]["ok_rps"] == 150.0 and out["b"]["ok_rps"] == 300.0
+    assert out["a"]["runs_rps"] == [100.0, 150.0, 120.0, 110.0]
+    rates = iter([100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])
+    out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0)  # type: ignore[arg-type]
+    assert out["a"]["ok_rps"] == 115.0 and out["b"]["ok_rps"] == 255.0  # medians
+
+
 def test_best_naive_is_its_best_worker_count_at_c64() -> None:
     result = passing()
     result["naive"]["1"]["64"] = point(950)
