@@ -4,7 +4,10 @@
   chunk (fast, in-process, against a recording transport);
 - balanced accept: under a real two-worker ``bentoml serve`` each worker accepts on its own
   ``SO_REUSEPORT`` listener, the shared socket no longer listens, and a client's connections are
-  spread over both workers; ``balance_connections=false`` keeps BentoML's one shared socket.
+  spread over both workers; ``balance_connections=false`` keeps BentoML's one shared socket;
+- big bodies: a declared body within the limit is read without pauses and reaches the app whole,
+  its rest past the HTTP parser and, with enough still to come, read in place over a real
+  uvloop socket within ``body_in_place_bytes`` (given back on completion, disconnect, timeout).
 """
 
 from __future__ import annotations
