@@ -208,9 +208,9 @@ class _Reading(_Transport):
         return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5555)}.get(name, default)
 
 
-def _connected(app: Any) -> tuple[Any, _Reading]:
-    """A real ``GuardedProtocol`` serving ``app``, connected on a ``_Reading`` transport (inside
-    a running event loop)."""
+def _connected(app: Any, protocol_class: Any = None) -> tuple[Any, _Reading]:
+    """A real ``GuardedProtocol`` (or ``protocol_class``, a subclass) serving ``app``, connected
+    on a ``_Reading`` transport (inside a running event loop)."""
     import uvicorn
     from uvicorn.server import ServerState
 
@@ -218,11 +218,21 @@ def _connected(app: Any) -> tuple[Any, _Reading]:
 
     config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
     config.load()
-    protocol = GuardedProtocol(config=config, server_state=ServerState(), app_state={},
-                               _loop=asyncio.get_running_loop())
+    protocol = (protocol_class or GuardedProtocol)(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
     transport = _Reading()
     protocol.connection_made(transport)
     return protocol, transport
+
+
+async def _read_all(receive: Any) -> bytes:
+    """An ASGI app's reading of its whole request body, message by message."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 def _upload(head: bytes, chunks: list[bytes], limit: int = 1 << 20) -> tuple[int, bytes]:
@@ -235,12 +245,7 @@ def _upload(head: bytes, chunks: list[bytes], limit: int = 1 << 20) -> tuple[int
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         await arrived.wait()
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await _read_all(receive)
         got.append(body)
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -350,12 +355,7 @@ def _serve_reads(reads: list[bytes], answer_early: bool = False) -> tuple[list[b
                         "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await _read_all(receive)
         bodies.append(body)
         answer = b"%d" % len(body)
         await send({"type": "http.response.start", "status": 200,
@@ -369,15 +369,7 @@ def _serve_reads(reads: list[bytes], answer_early: bool = False) -> tuple[list[b
             super().on_body(body)
 
     async def run() -> bytes:
-        import uvicorn
-        from uvicorn.server import ServerState
-
-        config = uvicorn.Config(app=app, http="httptools", log_config=None, lifespan="off")
-        config.load()
-        protocol = Counting(config=config, server_state=ServerState(), app_state={},
-                            _loop=asyncio.get_running_loop())
-        transport = _Reading()
-        protocol.connection_made(transport)
+        protocol, transport = _connected(app, Counting)
         for data in reads:
             protocol.data_received(data)
             for _ in range(3):
@@ -499,22 +491,24 @@ def test_a_big_declared_body_is_read_in_place_over_a_real_socket() -> None:
 def test_a_body_read_in_place_gives_its_room_back_when_the_client_leaves_or_stalls() -> None:
     from services.worker import GuardedProtocol
 
-    async def leave(port: int, state: Any) -> None:
+    async def part_of_the_body(port: int) -> tuple[Any, Any]:
+        """A connection that has sent the headers and 400 kB of the 1 MiB body, now read in
+        place."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(HUGE)
                      + HUGE[:400_000])
         await writer.drain()
         await asyncio.sleep(0.2)
-        assert GuardedProtocol.in_place_held > 0  # reading in place
+        assert GuardedProtocol.in_place_held > 0
+        return reader, writer
+
+    async def leave(port: int, state: Any) -> None:
+        _, writer = await part_of_the_body(port)
         writer.close()
         await asyncio.sleep(0.2)
 
     async def stall(port: int, state: Any) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(HUGE)
-                     + HUGE[:400_000])
-        await writer.drain()
-        await asyncio.sleep(0.2)
+        reader, writer = await part_of_the_body(port)
         for connection in list(state.connections):  # the worker's sweep, past the deadline
             connection.check(asyncio.get_running_loop().time() + 10)
         got = await reader.read(65536)
