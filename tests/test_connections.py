@@ -488,6 +488,30 @@ def test_a_big_declared_body_is_read_in_place_over_a_real_socket() -> None:
     assert bodies == [("bytes", len(HUGE)), ("bytes", 0)]
 
 
+def test_a_big_body_sent_after_100_continue_is_read_in_place_whole() -> None:
+    """``Expect: 100-continue``: the body is sent only once the app asks for it (uvicorn's
+    ``receive`` writes the 100); read in place, the app still gets all of it, once."""
+    from services.worker import GuardedProtocol
+
+    async def expect(port: int, state: Any) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(HUGE))
+        await writer.drain()
+        got = await reader.readuntil(b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 100"), got
+        writer.write(HUGE)
+        await writer.drain()
+        while not got.endswith(b"\r\n\r\n%d" % len(HUGE)):
+            got += await reader.read(65536)
+        writer.close()
+        return got
+
+    bodies, answer = _over_a_socket(expect)
+    assert bodies == [("bytes", len(HUGE))] and answer.count(b"HTTP/1.1 200") == 1
+    assert GuardedProtocol.in_place_held == 0
+
+
 def test_a_body_read_in_place_gives_its_room_back_when_the_client_leaves_or_stalls() -> None:
     from services.worker import GuardedProtocol
 
