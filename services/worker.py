@@ -139,8 +139,8 @@ class _Chunks:
         return self.size
 
     def __bytes__(self) -> bytes:
-        parts = self.parts
-        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+        whole = self.whole()
+        return whole if type(whole) is bytes else bytes(whole)
 
     def whole(self) -> bytes | bytearray:
         """The body as one object: a lone part itself — a body read in place
@@ -153,17 +153,17 @@ class _BodyInPlace(asyncio.BufferedProtocol):
     """The rest of a big declared body, read by the event loop straight into the body's own
     buffer (uvloop reads into ``get_buffer``'s memory: no ``bytes`` per read, no join after),
     standing in for the connection's ``GuardedProtocol`` until the body is complete. The buffer
-    ends where the declared body ends, so no byte of a following request lands in it."""
+    ends where the declared body ends, so no byte of a following request lands in it: what is
+    still to come (the owner's ``body_left``) is its end."""
 
-    def __init__(self, owner: GuardedProtocol, buffer: bytearray, filled: int) -> None:
-        self.owner, self.buffer, self.filled = owner, buffer, filled
+    def __init__(self, owner: GuardedProtocol, buffer: bytearray) -> None:
+        self.owner, self.buffer = owner, buffer
         self.view = memoryview(buffer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view[self.filled:]
+        return self.view[len(self.buffer) - self.owner.body_left:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.filled += nbytes
         self.owner.body_arrived(nbytes)
 
     def eof_received(self) -> bool | None:
@@ -299,19 +299,13 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or not cycle.more_body or cycle.response_complete:
             return
-        if type(cycle.body) is not _Chunks:  # under 64 KiB so far (``on_body``)
-            if not self._declared_within_limit() or \
-                    (self.parser.should_upgrade() and self._should_upgrade()):
-                return
-            cycle.body = _Chunks(cycle.body)
-        declared = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                declared = int(value)  # digits: ``_declared_within_limit`` checked it
-            elif name == b"transfer-encoding":
-                return
+        declared = self._declared_length()  # None when chunked: httptools refuses both
         if declared is None or declared <= self.body_seen:
             return
+        if type(cycle.body) is not _Chunks:  # under 64 KiB so far (``on_body``)
+            if self.parser.should_upgrade() and self._should_upgrade():
+                return
+            cycle.body = _Chunks(cycle.body)
         self.body_left = declared - self.body_seen
         if self.body_left >= IN_PLACE_MIN_BYTES and hasattr(self.transport, "set_protocol"):
             self._read_in_place(cycle.body)
@@ -330,7 +324,7 @@ class GuardedProtocol(HttpToolsProtocol):
             filled += len(part)
         chunks.parts, chunks.size = [buffer], size  # complete once the rest is in place
         GuardedProtocol.in_place_held += size
-        self.in_place = _BodyInPlace(self, buffer, filled)
+        self.in_place = _BodyInPlace(self, buffer)
         self.transport.set_protocol(self.in_place)
 
     def _leave_in_place(self) -> None:
@@ -349,13 +343,18 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.body_left:
             return
         self._leave_in_place()
+        self._end_past_parser()
+
+    def _end_past_parser(self) -> None:
+        """A body read past the parser is complete: the request ends as the parser would have
+        ended it, and a fresh parser takes what follows (a pipelined request). The parser given
+        up expected the body still: it is not used again."""
         self.parser = httptools.HttpRequestParser(self)
         self.on_message_complete()
 
     def _past_parser(self, data: bytes) -> None:
-        """Body bytes of a declared body, appended as they came; once it is complete the request
-        ends as the parser would have ended it, and a fresh parser takes what follows (a
-        pipelined request). The parser given up expected the body still: it is not used again."""
+        """Body bytes of a declared body, appended as they came (``_end_past_parser`` once it is
+        complete)."""
         self._unset_keepalive_if_required()  # as uvicorn's data_received (an early answer arms it)
         left = self.body_left
         rest = b""
@@ -369,8 +368,7 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         if self.body_left:
             return
-        self.parser = httptools.HttpRequestParser(self)
-        self.on_message_complete()
+        self._end_past_parser()
         if rest:
             self.data_received(rest)
 
@@ -394,7 +392,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self.body_seen += len(body)
         cycle = self.cycle
-        if len(cycle.body) + len(body) > HIGH_WATER_LIMIT and self._declared_within_limit() \
+        if len(cycle.body) + len(body) > HIGH_WATER_LIMIT and self._declared_length() is not None \
                 and not cycle.response_complete \
                 and not (self.parser.should_upgrade() and self._should_upgrade()):
             if type(cycle.body) is not _Chunks:  # uvicorn's on_body without its pause, and
@@ -404,13 +402,14 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().on_body(body)
 
-    def _declared_within_limit(self) -> bool:
-        """Whether this request declared a ``Content-Length`` of at most ``whole_body_bytes``
-        (asked only once its body passes uvicorn's pause threshold: small bodies never scan)."""
+    def _declared_length(self) -> int | None:
+        """The ``Content-Length`` this request declared if it is at most ``whole_body_bytes``,
+        else None (asked only once a body is past uvicorn's pause threshold or longer than one
+        read: small bodies never scan)."""
         for name, value in self.headers:
             if name == b"content-length":
-                return value.isdigit() and int(value) <= self.whole_body_bytes
-        return False
+                return int(value) if value.isdigit() and int(value) <= self.whole_body_bytes else None
+        return None
 
     def on_message_complete(self) -> None:
         self.deadline = None
