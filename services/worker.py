@@ -19,6 +19,10 @@ runs there (``services.edge`` calls it) and finds the ``uvicorn.Server`` through
   segments for every small answer, so the client wakes twice. ``CoalescingCycle`` holds the head
   and writes it with the first body chunk in one ``writelines`` (one ``writev``); a ``HEAD``
   answer, a connection closing or the end of an answer without a body flush it.
+- **No access log nobody keeps.** uvicorn's access log is on whenever any logger up the tree has
+  a handler (BentoML gives the root one), even with ``uvicorn.access`` below INFO: each answer
+  then built the line's fields for nothing and took uvicorn's slow answer path. Here it is on
+  only when ``uvicorn.access`` would keep the line.
 - **Slow clients.** uvicorn has keep-alive timeouts but none for reading a request:
   ``GuardedProtocol`` gives each request ``header_timeout_s`` for its headers and
   ``body_timeout_s`` for its body (408), and ``max_header_bytes`` for its headers (431). One
@@ -261,6 +265,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.access_log and not self.access_logger.isEnabledFor(logging.INFO):
+            # uvicorn turns its access log on whenever any handler is installed up the logger
+            # tree (BentoML's), and then formats each line's fields per answer and takes the
+            # slow answer path (``answer_whole`` declines) even though the line is dropped.
+            self.access_log = False
         self.refused = False
         self.in_headers = True
         self.header_bytes = 0
