@@ -180,6 +180,42 @@ def test_an_access_log_nobody_keeps_costs_nothing() -> None:
         access.setLevel(level)
 
 
+def test_keep_alive_is_a_deadline_the_sweep_checks_not_a_timer_per_answer() -> None:
+    """After an answer an idle connection has until ``timeout_keep_alive`` (uvicorn started and
+    cancelled a timer per answer): the next request's first bytes clear the deadline, and the
+    sweep closes a connection idle past it, not one within it."""
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await _read_all(receive)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def run() -> None:
+        protocol, transport = _connected(app)
+        loop = asyncio.get_running_loop()
+        for answered in (1, 2):
+            protocol.data_received(request)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert len(transport.calls) == answered and protocol.timeout_keep_alive_task is None
+            idle = protocol.idle_deadline
+            assert idle is not None and abs(idle - loop.time() - protocol.timeout_keep_alive) < 0.5
+            protocol.check(idle - 0.01)
+            assert not transport.closed
+        protocol.data_received(request[:10])  # a next request begins: not idle
+        assert protocol.idle_deadline is None
+        protocol.check(idle + 0.01)  # past the idle deadline, within its header deadline
+        assert not transport.closed
+        protocol.data_received(request[10:])
+        for _ in range(10):
+            await asyncio.sleep(0)
+        protocol.check(protocol.idle_deadline + 0.01)
+        assert transport.closed and len(transport.calls) == 3
+
+    asyncio.run(run())
+
+
 # -- balanced accept under a real two-worker server ---------------------------------------------
 
 def _workers(running: Any) -> list[psutil.Process]:
