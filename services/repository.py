@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +26,7 @@ from models.catalog import CATALOG, ModelSpec, get_spec, imported_kinds, spec_fr
 from services.batcher import Batcher
 from services.config import ServeConfig
 from services.errors import ModelNotFound, ModelNotReady
+from services.http import MODEL_HEADER_BYTES, VERSION_HEADER_BYTES
 from services.kinds import Kind, kind_for
 from services.runtimes import Runtime, device_settings, load_runtime
 from services.textloop import TextLoop
@@ -50,6 +52,13 @@ class LoadedVersion:
     @property
     def version(self) -> str:
         return self.stored.version
+
+    @cached_property
+    def answer_headers(self) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+        """The model and version headers of this version's answers, as bytes: built once, not
+        per request (issue 15)."""
+        return ((MODEL_HEADER_BYTES, self.name.encode("latin-1")),
+                (VERSION_HEADER_BYTES, self.version.encode("latin-1")))
 
     @property
     def architecture(self) -> dict[str, Any]:

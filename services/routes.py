@@ -37,9 +37,7 @@ from services.http import (
     ERROR_RESPONSES,
     JSON,
     MODEL_HEADER,
-    MODEL_HEADER_BYTES,
     VERSION_HEADER,
-    VERSION_HEADER_BYTES,
     Encoded,
     Exchange,
     HotRequest,
@@ -230,9 +228,7 @@ class HotEndpoint:
         if ex.timer is not None:
             ex.timer.done(200)
         loaded = ex.loaded
-        headers = () if loaded is None else (
-            (MODEL_HEADER_BYTES, loaded.name.encode("latin-1")),
-            (VERSION_HEADER_BYTES, loaded.version.encode("latin-1")))
+        headers = () if loaded is None else loaded.answer_headers
         await (result.send(send, headers) if encoded else send_json(send, result, headers))
 
 

@@ -234,6 +234,16 @@ class CoalescingCycle(RequestResponseCycle):
                 self.message_event.clear()
                 self.body = b""
                 return {"type": "http.request", "body": body.whole(), "more_body": False}
+        elif not (self.more_body or self.waiting_for_100_continue or self.disconnected
+                  or self.response_complete) and len(body) <= HIGH_WATER_LIMIT \
+                and self.message_event.is_set():
+            # A small body already complete (the usual JSON request), not yet taken (the event
+            # set): uvicorn's last message without its wait on the set event and its resuming of
+            # reads, which only a body past its 64 KiB pause needs (that one is a ``_Chunks`` or
+            # took uvicorn's path). Asked again, uvicorn's path waits for the disconnect.
+            self.message_event.clear()
+            self.body = b""
+            return {"type": "http.request", "body": body, "more_body": False}
         return await super().receive()
 
     async def send(self, message: Any) -> None:

@@ -216,6 +216,36 @@ def test_keep_alive_is_a_deadline_the_sweep_checks_not_a_timer_per_answer() -> N
     asyncio.run(run())
 
 
+def test_a_small_body_is_received_once_then_the_disconnect() -> None:
+    """A complete small body goes to the app at once (without uvicorn's wait and resume); asked
+    again, ``receive`` waits until the client goes and then says so — it never hands the body
+    over twice nor answers at once (an app listening for the disconnect would spin)."""
+    got: list[Any] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        got.append(await receive())
+        try:
+            await asyncio.wait_for(receive(), 0.05)
+        except asyncio.TimeoutError:
+            got.append("waiting")
+        got.append(await receive())
+
+    async def run() -> None:
+        protocol, _ = _connected(app)
+        protocol.data_received(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        for _ in range(200):
+            await asyncio.sleep(0.001)
+            if "waiting" in got:
+                break
+        protocol.connection_lost(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert got == [{"type": "http.request", "body": b"{}", "more_body": False}, "waiting",
+                   {"type": "http.disconnect"}]
+
+
 # -- balanced accept under a real two-worker server ---------------------------------------------
 
 def _workers(running: Any) -> list[psutil.Process]:
