@@ -9,8 +9,8 @@ run, with the issue's targets judged at the end (a missed target makes the run e
 3. the baselines on the same JSON body (mnist-cnn): the bare parse ceiling (Starlette parsing the
    body into a float32 array) and plain BentoML ``batchable=True`` at Podium's worker count, and
    the naive FastAPI + ONNX Runtime server (no batching) at 1 and 2 workers; the ceiling target
-   itself measured paired: Podium's default server and the ceiling both up, A B B A twice at
-   c=64, each side's best run;
+   itself measured paired: Podium's default server and the ceiling both up, each warmed by 2 s
+   of the same load (not counted), then A B B A twice at c=64, each side's best run;
 4. single-image requests/s and p50/p99 for mnist-cnn in every input form (JSON tensor, ``.npy``,
    PNG upload, Open Inference Protocol binary tensors) and JSON for mnist-googlenet and
    mnist-resnet, batching on vs off (the two servers alternate per point) at c = 1 and 64, and
@@ -609,15 +609,20 @@ def best_of(url: str, body: Body, concurrency: int, seconds: float, runs: int = 
 
 
 def abba(urls: dict[str, str], body: Body | dict[str, Body], concurrency: int, seconds: float,
-         rounds: int = 2, best: bool = False) -> dict[str, dict[str, Any]]:
+         rounds: int = 2, best: bool = False, warm_s: float = 2.0) -> dict[str, dict[str, Any]]:
     """``rounds`` rounds of A B B A: a drift over the runs (the machine warming, another process)
     weighs on both sides alike. Each side's figures are the medians of its runs: one run that
     lands badly on the cores (seen: a lone 7 % dip) does not decide a few-per-cent comparison;
     ``best``: each side's best run instead (a server sharing one listening socket over workers
     gets a different split of the connections every run — see ``BEST_OF``).
-    ``body``: one for both sides, or each side's (by the names of ``urls``)."""
+    ``body``: one for both sides, or each side's (by the names of ``urls``). First each side
+    gets ``warm_s`` of the same load, not counted: a side measured right after its own sweep
+    (the ceiling's) would otherwise meet one that has served nothing since its start."""
     a, b = urls
     bodies = body if isinstance(body, dict) else {a: body, b: body}
+    if warm_s:
+        for name in (a, b):
+            hey(urls[name], bodies[name], concurrency, warm_s)
     runs: dict[str, list[dict[str, Any]]] = {a: [], b: []}
     for _ in range(rounds):
         for name in (a, b, b, a):
@@ -1116,7 +1121,8 @@ def _header(result: dict[str, Any]) -> list[str]:
         "(servers sharing one listening socket split a client's connections unevenly, up to 64/0, "
         "run by run; `runs_rps` in serve.json); each c=1 batching on/off point is the median of four "
         "runs per side, in the order A B B A A B B A; the parse-ceiling target is Podium and the "
-        "ceiling paired (both up, A B B A twice at c=64, each side's best of its four runs).",
+        "ceiling paired (both up, each first warmed by 2 s of the same load, not counted, then "
+        "A B B A twice at c=64, each side's best of its four runs); OIP vs JSON likewise, medians.",
         "- **Bodies** (one real MNIST test image): JSON `{\"instances\": [[784 floats]]}` "
         f"({result['bodies']['json']['bytes']} B), `.npy` float32 [1,1,28,28] "
         f"({result['bodies']['npy']['bytes']} B), PNG 28×28 ({result['bodies']['png']['bytes']} B), "
@@ -1232,7 +1238,8 @@ def _section_ceiling(result: dict[str, Any]) -> list[str]:
     if not (mine and theirs and paired):
         return []
     return ["", "## Podium vs the parse ceiling, paired (mnist-cnn JSON, c=64)", "",
-            f"Both servers up, A B B A twice, each side's best run (runs: Podium "
+            f"Both servers up, each warmed by 2 s of the load, then A B B A twice, each side's "
+            f"best run (runs: Podium "
             f"{mine['runs_rps']}, ceiling {theirs['runs_rps']} req/s): Podium "
             f"{mine['ok_rps']:,.0f} req/s (p99 {mine['p99_ms']:.1f} ms), ceiling "
             f"{theirs['ok_rps']:,.0f} req/s (p99 {theirs['p99_ms']:.1f} ms) = "
@@ -1254,7 +1261,8 @@ def report(result: dict[str, Any]) -> str:
     lines += _section_ceiling(result)
     oip, js, paired = oip_json_points(result)
     if oip and js:
-        how = (f"Measured side by side on the default server, A B B A twice, medians (runs: OIP "
+        how = (f"Measured side by side on the default server, each form warmed by 2 s, then A B B "
+               f"A twice, medians (runs: OIP "
                f"{oip['runs_rps']}, JSON {js['runs_rps']} req/s). " if paired else "")
         lines += ["", "## Open Inference Protocol (binary) vs friendly JSON, mnist-cnn, c=16", "",
                   f"{how}OIP binary tensors: {oip['ok_rps']:,.0f} req/s (p99 {oip['p99_ms']:.1f} ms); "

@@ -117,13 +117,21 @@ def test_the_paired_ceiling_measurement_decides_when_there_is_one() -> None:
 
 
 def test_abba_takes_each_sides_best_run_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    rates = iter([100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])  # A B B A A B B A
-    monkeypatch.setattr(b, "hey", lambda url, body, c, s: point(next(rates), c=c))
+    # each side's warm-up first (not counted: 999), then A B B A A B B A
+    rates = iter([999.0, 999.0, 100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])
+    calls: list[tuple[str, float]] = []
+
+    def fake_hey(url: str, body: object, c: int, s: float) -> dict:
+        calls.append((url, s))
+        return point(next(rates), c=c)
+
+    monkeypatch.setattr(b, "hey", fake_hey)
     out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0, best=True)  # type: ignore[arg-type]
+    assert calls[:2] == [("ua", 2.0), ("ub", 2.0)] and len(calls) == 10
     assert out["a"]["ok_rps"] == 150.0 and out["b"]["ok_rps"] == 300.0
     assert out["a"]["runs_rps"] == [100.0, 150.0, 120.0, 110.0]
     rates = iter([100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])
-    out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0)  # type: ignore[arg-type]
+    out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0, warm_s=0)  # type: ignore[arg-type]
     assert out["a"]["ok_rps"] == 115.0 and out["b"]["ok_rps"] == 255.0  # medians
 
 

@@ -226,7 +226,7 @@ def test_a_small_body_is_received_once_then_the_disconnect() -> None:
         got.append(await receive())
         try:
             await asyncio.wait_for(receive(), 0.05)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             got.append("waiting")
         got.append(await receive())
 
