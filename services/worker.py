@@ -603,7 +603,7 @@ class Lifecycle:
 
     async def watch(self) -> None:
         cfg = self.config
-        keep_alive = getattr(self.server.config, "timeout_keep_alive", 5)
+        keep_alive = getattr(self.server.config, "timeout_keep_alive", None) or 5
         tick = max(0.05, min(1.0, cfg.header_timeout_s / 4, cfg.body_timeout_s / 4, keep_alive / 4))
         while True:
             await asyncio.sleep(tick)
