@@ -229,22 +229,24 @@ class CoalescingCycle(RequestResponseCycle):
                 await self.message_event.wait()
                 self.message_event.clear()
             if not (self.disconnected or self.response_complete):
-                # uvicorn's last message, without its ``bytes()`` of the body (a copy of a
-                # body read in place); the event is left clear, as uvicorn leaves it.
-                self.message_event.clear()
-                self.body = b""
-                return {"type": "http.request", "body": body.whole(), "more_body": False}
+                # without uvicorn's ``bytes()`` of the body (a copy of a body read in place)
+                return self._last_message(body.whole())
         elif not (self.more_body or self.waiting_for_100_continue or self.disconnected
                   or self.response_complete) and len(body) <= HIGH_WATER_LIMIT \
                 and self.message_event.is_set():
             # A small body already complete (the usual JSON request), not yet taken (the event
-            # set): uvicorn's last message without its wait on the set event and its resuming of
-            # reads, which only a body past its 64 KiB pause needs (that one is a ``_Chunks`` or
-            # took uvicorn's path). Asked again, uvicorn's path waits for the disconnect.
-            self.message_event.clear()
-            self.body = b""
-            return {"type": "http.request", "body": body, "more_body": False}
+            # set): without uvicorn's wait on the set event and its resuming of reads, which only
+            # a body past its 64 KiB pause needs (that one is a ``_Chunks`` or took uvicorn's
+            # path). Asked again, uvicorn's path waits for the disconnect.
+            return self._last_message(body)
         return await super().receive()
+
+    def _last_message(self, body: bytes | bytearray) -> dict[str, Any]:
+        """uvicorn's last ``http.request`` message of a complete body; the event is left clear
+        and the body taken, as uvicorn leaves them."""
+        self.message_event.clear()
+        self.body = b""
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(self, message: Any) -> None:
         held = self.transport

@@ -140,6 +140,10 @@ def test_uvicorns_path_takes_what_the_whole_answer_cannot() -> None:
     assert not cycle.answer_whole([], b"x") and transport.calls == []
 
 
+# One whole request with a 2-byte JSON body.
+SMALL_POST = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+
+
 def test_an_access_log_nobody_keeps_costs_nothing() -> None:
     """uvicorn turns its access log on whenever any logger up the tree has a handler (BentoML
     gives the root one), then formats each line's fields per answer and takes the slow answer
@@ -167,7 +171,7 @@ def test_an_access_log_nobody_keeps_costs_nothing() -> None:
 
             async def run() -> tuple[Any, _Reading]:
                 protocol, transport = _connected(app)
-                protocol.data_received(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+                protocol.data_received(SMALL_POST)
                 for _ in range(10):
                     await asyncio.sleep(0)
                 return protocol, transport
@@ -191,13 +195,11 @@ def test_keep_alive_is_a_deadline_the_sweep_checks_not_a_timer_per_answer() -> N
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    request = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
-
     async def run() -> None:
         protocol, transport = _connected(app)
         loop = asyncio.get_running_loop()
         for answered in (1, 2):
-            protocol.data_received(request)
+            protocol.data_received(SMALL_POST)
             for _ in range(10):
                 await asyncio.sleep(0)
             assert len(transport.calls) == answered and protocol.timeout_keep_alive_task is None
@@ -205,11 +207,11 @@ def test_keep_alive_is_a_deadline_the_sweep_checks_not_a_timer_per_answer() -> N
             assert idle is not None and abs(idle - loop.time() - protocol.timeout_keep_alive) < 0.5
             protocol.check(idle - 0.01)
             assert not transport.closed
-        protocol.data_received(request[:10])  # a next request begins: not idle
+        protocol.data_received(SMALL_POST[:10])  # a next request begins: not idle
         assert protocol.idle_deadline is None
         protocol.check(idle + 0.01)  # past the idle deadline, within its header deadline
         assert not transport.closed
-        protocol.data_received(request[10:])
+        protocol.data_received(SMALL_POST[10:])
         for _ in range(10):
             await asyncio.sleep(0)
         protocol.check(protocol.idle_deadline + 0.01)
@@ -234,7 +236,7 @@ def test_a_small_body_is_received_once_then_the_disconnect() -> None:
 
     async def run() -> None:
         protocol, _ = _connected(app)
-        protocol.data_received(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        protocol.data_received(SMALL_POST)
         for _ in range(200):
             await asyncio.sleep(0.001)
             if "waiting" in got:
