@@ -40,7 +40,7 @@ def _checked(array: np.ndarray) -> np.ndarray | None:
     and a JSON null became NaN, so today's separate ``isfinite`` pass proves nothing more here."""
     if array.ndim not in (2, 3, 4) or not array.size:
         return None
-    batch = codecs._as_mnist_batch(array, "instances", MAX_ITEMS)
+    batch = codecs.as_image_batch(array, "instances", MAX_ITEMS)
     return batch if batch.min() >= 0.0 and batch.max() <= 1.0 else None
 
 
