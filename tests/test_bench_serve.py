@@ -99,6 +99,24 @@ def test_the_paired_oip_json_measurement_decides_when_there_is_one() -> None:
     assert oip["met"] is True and "paired" in oip["measured"] and "0.99" in oip["measured"]
 
 
+def test_the_paired_raw_passes_decide_the_npy_target_when_there_are_some() -> None:
+    """The `.npy` 1,024-image target takes the raw passes that alternated with its requests (both
+    medians) over the run's best raw figure (measured minutes apart), either way, and says so."""
+    result = passing()
+    result["runtime"]["models"]["mnist-cnn"]["points"][0]["samples_per_s"] = 120_000  # 75 %
+    for key in ("npy1024", "npy1024_uint8"):
+        result[key] = dict(result["npy1024"], raw_images_per_s=110_000, raw_median_ms=9.3,
+                           raw_batch=256, median_ms=11.4, bytes=3_211_392, response_bytes=41_088)
+    verdict = next(v for v in b.judge(result) if ".npy" in v["target"])
+    assert verdict["met"] is True and "paired" in verdict["measured"], verdict
+    assert "82 %" in verdict["measured"] and "runs of 256" in verdict["measured"]
+    assert "= 82 %** of raw" in "\n".join(b._section_npy(result))
+    result["npy1024"]["raw_images_per_s"] = 115_000  # 78 %: missed, though 90k of 100k would pass
+    result["runtime"]["models"]["mnist-cnn"]["points"][0]["samples_per_s"] = 100_000
+    verdict = next(v for v in b.judge(result) if ".npy" in v["target"])
+    assert verdict["met"] is False and "78 %" in verdict["measured"]
+
+
 def test_the_paired_ceiling_measurement_decides_when_there_is_one() -> None:
     """The parse-ceiling target takes the paired A B B A figures (both servers up, best run of
     each) over the two rows measured minutes apart, either way, and says so."""
