@@ -493,9 +493,8 @@ def raw_pass(threads: int, run: int) -> Callable[[], float]:
 
 
 def best_raw_batch(result: dict[str, Any], model: str) -> int:
-    """The batch size of ``model``'s best raw samples/s in the run's runtime measurement."""
-    points = [p for key in ("runtime", "runtime_adjacent")
-              for p in result.get(key, {}).get("models", {}).get(model, {}).get("points", [])]
+    """The batch size of ``model``'s best raw samples/s in the run's runtime measurements."""
+    points = _raw_points(result, model)
     return int(max(points, key=lambda p: p["samples_per_s"])["batch"]) if points else 64
 
 
@@ -886,8 +885,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"5/7 char-rnn: {', '.join(map(str, GEN_CONCURRENCY))} concurrent generations")
         textgen(result, servers["on"], bodies["gen"], seconds, progress)
         log("6/7 one .npy request of 1024 images, .npy answer asked for (mnist-cnn, default)")
-        # Raw ONNX Runtime once more right beside it (the servers idle), so that the comparison
-        # does not depend on how busy the machine was minutes earlier; the better figure counts.
+        # Raw ONNX Runtime once more right beside it (the servers idle): the run's best raw batch
+        # size, and the best raw figure the report also gives.
         result["runtime_adjacent"] = bench_runtime.run(
             ("mnist-cnn",), batches=(256, 1024), seconds=args.runtime_seconds, threads=threads,
             progress=False)
@@ -931,11 +930,15 @@ def npy_raw(result: dict[str, Any], npy: dict[str, Any]) -> tuple[float, bool]:
     return raw_best(result, "mnist-cnn"), False
 
 
+def _raw_points(result: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """``model``'s raw points (one per batch size) of both runtime measurements."""
+    return [p for key in ("runtime", "runtime_adjacent")
+            for p in result.get(key, {}).get("models", {}).get(model, {}).get("points", [])]
+
+
 def raw_best(result: dict[str, Any], model: str) -> float:
     """The best raw samples/s of ``model`` at any batch, in either runtime measurement."""
-    points = [p for key in ("runtime", "runtime_adjacent")
-              for p in result.get(key, {}).get("models", {}).get(model, {}).get("points", [])]
-    return max((p["samples_per_s"] for p in points), default=float("nan"))
+    return max((p["samples_per_s"] for p in _raw_points(result, model)), default=float("nan"))
 
 
 def best_naive(result: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
