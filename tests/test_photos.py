@@ -108,15 +108,19 @@ def test_nearest_neighbours_read_the_photos(mnist: data.MnistData,
     assert accuracy >= 0.85, accuracy
 
 
+def as_png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_mnist_digits_sent_as_png_files_come_back_as_they_were(mnist: data.MnistData) -> None:
     """Already-MNIST images pass through untouched: a PNG of an MNIST digit whose outer ring of
     pixels is empty (98.9 % of the test set) decodes to exactly the pixels the tensor path makes
     of the same digit, and the others (a stroke touching the edge) still read as themselves."""
     exact, close = [], []
     for digit in mnist.test_x[:500]:
-        buf = io.BytesIO()
-        Image.fromarray(digit).save(buf, "PNG")
-        decoded = decode(buf.getvalue())
+        decoded = decode(as_png(digit))
         ring_empty = not (digit[0].any() or digit[-1].any() or digit[:, 0].any() or digit[:, -1].any())
         if ring_empty:
             exact.append(np.array_equal(decoded, normalize_pixels(digit[None], "x")[0]))
@@ -131,20 +135,14 @@ def test_only_mnist_form_passes_through_untouched(mnist: data.MnistData) -> None
     found, then framed), one grey pixel on the edge (a photo's ground is never exactly black)."""
     digit = mnist.test_x[0]
     untouched = normalize_pixels(digit[None], "x")[0]
-    inverted = decode(png(255 - digit))
+    inverted = decode(as_png(255 - digit))
     assert not np.array_equal(inverted, untouched) and corr(inverted, digit) > 0.85
     edged = digit.copy()
     edged[0, 0] = 1
-    assert not np.array_equal(decode(png(edged)), untouched)
+    assert not np.array_equal(decode(as_png(edged)), untouched)
     assert already_mnist(Image.fromarray(digit)) is not None
     assert already_mnist(Image.fromarray(edged)) is None
     assert already_mnist(Image.fromarray(np.zeros((28, 28), np.uint8))) is None  # blank: NoDigit
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------- hard cases
