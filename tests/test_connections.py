@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import re
 import socket
 import threading
 import time
@@ -302,22 +301,18 @@ def test_connections_are_spread_over_the_workers(tiny_store: Path, tmp_path: Pat
             pass  # still accepting after all that
         # An idle kept-alive connection is closed by the worker's sweep at uvicorn's keep-alive
         # timeout (5 s, BentoML's default), within a quarter of it — not at once, not never.
-        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-            body = json.dumps({"rows": [[0.0] * 8]}).encode()
-            sock.sendall(b"POST /v1/models/diabetes/predict HTTP/1.1\r\nHost: t\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(body), body))
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                answer += sock.recv(65536)
-            head, rest = answer.split(b"\r\n\r\n", 1)
-            size = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
-            while len(rest) < size:
-                rest += sock.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request("POST", "/v1/models/diabetes/predict", json.dumps({"rows": [[0.0] * 8]}),
+                         {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200 and not answer.will_close
             idle = time.monotonic()
-            assert sock.recv(1) == b""  # closed by the server
+            assert conn.sock.recv(1) == b""  # closed by the server
             assert 4.5 <= time.monotonic() - idle <= 7.5, time.monotonic() - idle
+        finally:
+            conn.close()
 
 
 # -- big bodies: read without uvicorn's 64 KiB pauses when declared within max_request_bytes ----
