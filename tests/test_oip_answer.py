@@ -22,6 +22,7 @@ from services import codecs, oip_codec, routes
 from services.dataplane import DataPlane
 from services.errors import InvalidInput
 from services.http import Encoded
+from services.kinds.base import labels_bytes
 from services.routes import create_app, hot_app
 from tests.kinds_support import plane_of
 
@@ -199,6 +200,27 @@ def test_the_two_pass_pixel_check_still_names_each_bad_pixel(bad: float, message
     with pytest.raises(InvalidInput, match=re.escape(message)):
         codecs.normalize_pixels(pixels, "image")
     assert codecs.normalize_pixels(np.clip(np.nan_to_num(pixels), 0, 1), "image").dtype == np.float32
+
+
+@pytest.mark.parametrize("rows", [2, codecs.SMALL_SCORES // 10 + 1])  # the Python path, NumPy's
+def test_softmax_of_odd_rows_matches_numpys_in_either_path(rows: int) -> None:
+    logits = np.zeros((rows, 10), np.float32)
+    logits[0, 3] = np.nan  # NaN anywhere in a row: the whole row NaN
+    logits[-1, :] = -np.inf
+    logits[-1, 2] = 0.0  # -inf elsewhere: probability 0
+    got = codecs.softmax(logits)
+    assert np.isnan(got[0]).all()
+    assert got[-1, 2] == 1.0 and (np.delete(got[-1], 2) == 0).all()
+
+
+def test_labels_bytes_takes_from_one_encoded_table_without_sharing_it() -> None:
+    labels = ("zero", "one", "two")
+    first = labels_bytes(labels, np.array([2, 0, 2]))
+    assert first.dtype == object and first.tolist() == [b"two", b"zero", b"two"]
+    first[0] = b"changed"  # an answer is its own array
+    assert labels_bytes(labels, np.array([2])).tolist() == [b"two"]
+    with pytest.raises(IndexError):
+        labels_bytes(labels, np.array([3]))
 
 
 def test_softmax_in_place_matches_the_textbook_and_keeps_float32() -> None:

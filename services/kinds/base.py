@@ -10,6 +10,7 @@ so that a kind reading its signature from the store (the generic tensor kind) ho
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -178,11 +179,19 @@ def check_items(n: int, what: str, limit: int) -> None:
                               f"(max_items_per_request)", field=what)
 
 
+@functools.lru_cache(maxsize=64)
+def _label_table(labels: tuple[str, ...]) -> np.ndarray:
+    """``labels`` encoded once, as an object array (read only: answers index into it)."""
+    table = np.empty(len(labels), dtype=object)
+    table[:] = [label.encode() for label in labels]
+    table.flags.writeable = False
+    return table
+
+
 def labels_bytes(labels: tuple[str, ...], index: np.ndarray) -> np.ndarray:
-    """OIP BYTES tensor of the label names at ``index``."""
-    out = np.empty(len(index), dtype=object)
-    out[:] = [labels[i].encode() for i in index]
-    return out
+    """OIP BYTES tensor of the label names at ``index`` (a new array: one take from the labels
+    encoded once, not an encode per item)."""
+    return _label_table(labels).take(index)
 
 
 def npy_response(array: np.ndarray) -> Encoded:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -207,10 +206,10 @@ async def _multipart_images(request: Request, body: bytes, limit: int
     return files, form.get("top_k")
 
 
-# Up to this many scores (rows × classes), softmax and top-k run in plain Python: for the usual
-# one-image request NumPy's per-call overhead (softmax, argsort, take_along_axis) cost ~14 µs on
-# the event loop against ~3 µs here (issue 15); big batches and many classes stay vectorised.
-SMALL_SCORES = 256
+# Up to codecs' SMALL_SCORES scores (rows × classes), top-k runs in plain Python too: for the
+# usual one-image request NumPy's per-call overhead (softmax, argsort, take_along_axis) cost
+# ~14 µs on the event loop against ~3 µs here (issue 15); big batches stay vectorised.
+SMALL_SCORES = codecs.SMALL_SCORES
 
 
 def ranked(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
@@ -219,11 +218,9 @@ def ranked(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     if scores.size <= SMALL_SCORES:
         out = []
         for row in scores.tolist():
-            top = max(row)
-            exps = [math.exp(x - top) for x in row]
-            total = sum(exps)
-            order = sorted(range(len(exps)), key=exps.__getitem__, reverse=True)[:k]
-            out.append((order, [exps[j] / total for j in order]))
+            probs = codecs.softmax_row(row)
+            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:k]
+            out.append((order, [probs[j] for j in order]))
         return out
     probs = codecs.softmax(scores)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
