@@ -4,6 +4,12 @@ bench-serve`."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +157,87 @@ def test_abba_takes_each_sides_best_run_when_asked(monkeypatch: pytest.MonkeyPat
     rates = iter([100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])
     out = b.abba({"a": "ua", "b": "ub"}, None, 64, 1.0, warm_s=0)  # type: ignore[arg-type]
     assert out["a"]["ok_rps"] == 115.0 and out["b"]["ok_rps"] == 255.0  # medians
+
+
+def test_the_paired_c1_measurement_decides_the_batching_target_either_way() -> None:
+    """At c=1 the on/off target takes the per-request paired ratio over the rows' hey medians
+    (runs minutes apart), either way, and says so."""
+    result = passing()
+    result["podium"]["on"]["mnist-cnn/png"]["1"]["ok_rps"] = 900.0  # the rows alone: 0.90, missed
+    side = {"requests": 2000, "mean_ms": 1.0, "p50_ms": 0.9, "p99_ms": 2.0, "ok_rps": 1000.0}
+    result["c1_paired"] = {f"{m}/{f}": {"on": dict(side, ok_rps=990.0), "off": side, "ratio": 0.99,
+                                        "seconds": 16.0} for m, f in b.ROWS}
+    verdict = next(v for v in b.judge(result) if "c=1" in v["target"])
+    assert verdict["met"] is True and "paired" in verdict["measured"] and "0.99" in verdict["measured"]
+    assert "| mnist-cnn | PNG upload | 2,000 | 990 |" in "\n".join(b._section_c1_paired(result))
+    result["c1_paired"]["mnist-resnet/json"]["ratio"] = 0.94  # one row past the 5 %
+    result["podium"]["on"]["mnist-cnn/png"]["1"]["ok_rps"] = 1000.0  # the rows alone would pass
+    verdict = next(v for v in b.judge(result) if "c=1" in v["target"])
+    assert verdict["met"] is False and "0.94 (mnist-resnet JSON tensor)" in verdict["measured"]
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # kept alive, as the servers under test
+    disable_nagle_algorithm = True  # the head and the body are two writes
+    delay_s = 0.0
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.seen.append((self.client_address, self.headers.get("X-Extra")))  # type: ignore[attr-defined]
+        time.sleep(self.delay_s)
+        body = b'{"ok": true}'
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _server(delay_s: float, status: int = 200) -> Iterator[http.server.ThreadingHTTPServer]:
+    handler = type("Handler", (_Answer,), {"delay_s": delay_s, "status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_paired_c1_alternates_times_and_reconnects_on_real_sockets(tmp_path: Path) -> None:
+    """Two local HTTP servers, one 5 ms slower an answer: the client alternates between them,
+    sends the body's headers, opens new connections every ``reconnect`` pairs, and the slower
+    side comes out slower by about its delay."""
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"x" * 100)
+    body = b.Body(path, "application/octet-stream", ["X-Extra: 7"])
+    with _server(0.0) as fast, _server(0.005) as slow:
+        urls = {"on": f"http://127.0.0.1:{fast.server_port}/p",
+                "off": f"http://127.0.0.1:{slow.server_port}/p"}
+        out = b.paired_c1(urls, body, seconds=0.6, warm_s=0.1, reconnect=5)
+    assert out["on"]["requests"] == out["off"]["requests"] >= 10
+    assert out["off"]["mean_ms"] - out["on"]["mean_ms"] >= 3.0 and out["ratio"] > 1.2
+    assert {extra for _, extra in fast.seen + slow.seen} == {"7"}
+    # warm-up and counted pairs, 5 to a connection: many client ports, never one per request
+    ports = {address for address, _ in fast.seen}
+    assert len(fast.seen) / 5 <= len(ports) + 2 and len(ports) >= 2
+
+
+def test_paired_c1_refuses_an_error_answer(tmp_path: Path) -> None:
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"{}")
+    body = b.Body(path, "application/json", [])
+    with _server(0.0) as good, _server(0.0, status=503) as bad:
+        urls = {"on": f"http://127.0.0.1:{good.server_port}/p",
+                "off": f"http://127.0.0.1:{bad.server_port}/p"}
+        with pytest.raises(RuntimeError, match="answered 503"):
+            b.paired_c1(urls, body, seconds=0.2, warm_s=0.0)
 
 
 def test_best_naive_is_its_best_worker_count_at_c64() -> None:
