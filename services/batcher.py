@@ -23,6 +23,17 @@ one request at a time is most of the batcher's cost (a futex wake, a thread-safe
 eventfd write and two GIL hand-overs). Anything else takes the queue above; under load the
 worker's other requests make no request alone, so batches still form.
 
+Under load, a **batch** whose size costs at most ``inline_batch_max_s`` (a CPU runtime: the
+repository gives a GPU's batcher 0) runs on the event loop thread too: the driver first yields
+one turn of the loop, so the requests that arrived together queue into the batch, then runs it
+there; requests that arrive while it runs wait in their sockets and form the next batch. On a
+CPU whose cores the workers already fill (one worker per core, one runtime thread each: the
+default) the inference thread only overlapped parsing with the model on the same cores while
+adding its hand-offs: batches were about half the requests in flight, and the thread's wake-ups,
+GIL hand-overs and cache misses cost more than the overlap gave (issue 15; mnist-cnn JSON at
+c=64 on this 2-core machine: ~30 requests a batch instead of ~15, ~13 % more requests/s). A
+costlier batch takes the inference thread, so the loop stalls at most ``inline_batch_max_s``.
+
 Tensors may batch on different axes (the char-rnn state is [layers, batch, hidden]).
 """
 
@@ -73,7 +84,7 @@ class Batcher:
                  output_axes: list[int], max_batch_size: int, max_latency_s: float,
                  max_queue_items: int, wait_s: float = 0.0, enabled: bool = True,
                  metrics: object | None = None, inline_max_s: float = 0.0,
-                 split: bool = False) -> None:
+                 split: bool = False, inline_batch_max_s: float = 0.0) -> None:
         self.model, self.version = model, version
         self.runner = runner
         self.input_axes = input_axes
@@ -85,6 +96,7 @@ class Batcher:
         self.enabled = enabled
         self.metrics = metrics
         self.inline_max_s = inline_max_s
+        self.inline_batch_max_s = inline_batch_max_s
         self.split = split
         # The warmed batch size with the least time per item (``warm``, when ``split``): a batch
         # of more items runs as consecutive runs of this size. None: every batch runs whole.
@@ -111,12 +123,12 @@ class Batcher:
         (issue 15). The rounds go up and down in turn: going up every time, the smallest size
         always ran right after the largest, with cold caches (mnist-cnn's 1 item: 0.10–0.13 ms
         timed so, 0.03 ms warm). Timing adds about ``repeats``
-        times the warm-up to the load; with neither inline runs nor split batches it is
-        skipped."""
+        times the warm-up to the load; with neither inline runs (alone or batches) nor split
+        batches it is skipped."""
         warmed = [(size, feeds_of(size)) for size in sizes]
         for _, feeds in warmed:
             self.runner(feeds)
-        if not (self.inline_max_s > 0 or self.split):
+        if not (self.inline_max_s > 0 or self.inline_batch_max_s > 0 or self.split):
             return
         for round_ in range(repeats):  # up, then down: no size always follows the largest
             for size, feeds in (warmed if round_ % 2 == 0 else warmed[::-1]):
@@ -128,14 +140,16 @@ class Batcher:
         if self.split and self.costs:
             self.run_size = min(self.costs, key=lambda size: (self.costs[size] / size, -size))
 
-    def _cheap(self, feeds: dict[str, np.ndarray], n: int) -> bool:
-        """Whether ``n`` items cost at most ``inline_max_s``: the measured cost of the smallest
-        warmed batch size that holds them, scaled by how much larger than the warm-up's each
-        item is (a longer char-rnn prompt, a bigger tensor of an imported model)."""
+    def _cheap(self, feeds: dict[str, np.ndarray], n: int, budget: float | None = None) -> bool:
+        """Whether ``n`` items cost at most ``budget`` (default ``inline_max_s``): the measured
+        cost of the smallest warmed batch size that holds them, scaled by how much larger than
+        the warm-up's each item is (a longer char-rnn prompt, a bigger tensor of an imported
+        model)."""
+        budget = self.inline_max_s if budget is None else budget
         if n > self.max_batch_size:
             return False
         cost = self.costs.get(min(1 << (n - 1).bit_length(), self.max_batch_size))
-        if cost is None or cost > self.inline_max_s:
+        if cost is None or cost > budget:
             return False
         for name, array in feeds.items():
             per_item = self._item_sizes.get(name)
@@ -143,7 +157,7 @@ class Batcher:
                 return False
             if array.size > n * per_item:
                 cost *= array.size / (n * per_item)
-        return cost <= self.inline_max_s
+        return cost <= budget
 
     def _batch_of(self, feeds: dict[str, np.ndarray]) -> int:
         name, axis = next(iter(self.input_axes.items()))
@@ -301,6 +315,10 @@ class Batcher:
                     return
                 if self.wait_s and self._queued_items < self.max_batch_size:
                     await asyncio.sleep(self.wait_s)
+                elif self.inline_batch_max_s:
+                    # One turn of the loop: the requests that arrived with this one queue first,
+                    # so a batch run on this thread (``_execute``) holds them all.
+                    await asyncio.sleep(0)
                 batch = self._take()
                 if len(batch) == 1 and batch[0] is owner:
                     await self._execute(batch)  # nobody else's answer depends on this await
@@ -328,7 +346,11 @@ class Batcher:
                          for k, ax in self.input_axes.items()}
             self._running += 1
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+                if self.inline_batch_max_s and self._cheap(feeds, sum(p.n for p in batch),
+                                                           self.inline_batch_max_s):
+                    outputs = self._run(feeds)  # on the event loop (module docstring)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self._run, feeds)
             finally:
                 self._running -= 1
         except Exception as exc:  # the model failed: every request of the batch hears why

@@ -113,6 +113,12 @@ class ServeConfig(BaseSettings):
         description="a request alone in the worker (nothing queued or running, no other HTTP "
                     "request in flight) whose batch size costs at most this (measured at load) "
                     "runs on the event loop thread, no thread hand-off; 0 = never")
+    inline_batch_max_ms: float = Field(
+        2.0, ge=0, le=100,
+        description="on a CPU runtime, a batch formed under load whose size costs at most this "
+                    "(measured at load) runs on the event loop thread too, no thread hand-off; "
+                    "the loop stalls at most this long; a costlier batch, and every batch on a "
+                    "GPU, takes the inference thread; 0 = never")
     # -- end of issue 15 (inline) ----------------------------------------------------------------
     metrics_flush_ms: float = Field(
         250.0, ge=0, le=60000,

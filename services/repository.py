@@ -187,7 +187,11 @@ class Repository:
                           max_queue_items=self.config.max_queue_items,
                           wait_s=self.config.batch_wait_ms / 1000, enabled=self.config.batching,
                           metrics=self.metrics, inline_max_s=self.config.inline_max_ms / 1000,
-                          split=self.config.split_batches)
+                          split=self.config.split_batches,
+                          # a GPU worker keeps parsing while the device runs: its batches take
+                          # the inference thread (services.batcher)
+                          inline_batch_max_s=self.config.inline_batch_max_ms / 1000
+                          if runtime.device == "cpu" else 0.0)
         loaded = LoadedVersion(spec, stored, runtime, batcher, kind)
         kind.setup(loaded)
         warm = warm_batch_sizes(max_batch)
@@ -199,9 +203,11 @@ class Repository:
         log.info("loaded %s (%s on %s, warmed at batch %s)", stored.tag, runtime.kind, runtime.device,
                  ", ".join(map(str, warm)))
         if batcher.costs:
-            log.info("%s: measured batch costs %s (inline_max_ms %g); runs of at most %s items",
-                     stored.tag, ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
-                     self.config.inline_max_ms, batcher.run_size or max_batch)
+            log.info("%s: measured batch costs %s (inline_max_ms %g, batches on the event loop "
+                     "up to %g ms); runs of at most %s items", stored.tag,
+                     ", ".join(f"{b}: {s * 1e3:.3f} ms" for b, s in batcher.costs.items()),
+                     self.config.inline_max_ms, batcher.inline_batch_max_s * 1e3,
+                     batcher.run_size or max_batch)
         return loaded
 
     def _find(self, name: str, version: str | None) -> StoredVersion:

@@ -1,5 +1,6 @@
 """A lone cheap request runs on the calling thread (issue 15): when, what it records, how it
-fails, and that concurrent requests still share batches. Fast and in-process: a tiny real model
+fails, and that concurrent requests still share batches — a cheap batch on the calling thread
+too (``inline_batch_max_s``). Fast and in-process: a tiny real model
 here, and a real data plane on tiny real ONNX models (tests/kinds_support.py)."""
 
 from __future__ import annotations
@@ -173,6 +174,42 @@ def test_concurrent_requests_still_share_batches() -> None:
     assert not any(inline for _, inline in model.calls)
 
 
+def test_cheap_batches_under_load_run_on_the_loop_thread_costly_ones_on_the_inference_thread(
+        ) -> None:
+    """``inline_batch_max_s``: a crowd that arrived together forms full batches (the driver
+    yields one turn before it takes), each run on the event loop's thread while its size costs at
+    most the budget; over it, the inference thread. Every answer is its own request's."""
+    async def crowd(b: Batcher, n: int) -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(b.infer({"x": np.full((1, 3), i, np.float32)},
+                                              alone=lambda: False) for i in range(n)))
+
+    model = Model(per_item=ITEM_S)
+    b = warmed(model, inline_max_s=0.0, inline_batch_max_s=0.05)  # every size under it
+    results = asyncio.run(crowd(b, 20))
+    assert [r[0][0, 0] for r in results] == [2.0 * i for i in range(20)]
+    assert model.calls == [(8, True), (8, True), (4, True)]  # full batches, all on this thread
+
+    model = Model(per_item=ITEM_S)
+    b = warmed(model, inline_max_s=0.0, inline_batch_max_s=BUDGET_S)  # 1 and 2 items under it
+    asyncio.run(crowd(b, 2))
+    asyncio.run(crowd(b, 5))  # a batch of 5: the bucket of 8, 16 ms, over the budget
+    assert model.calls == [(2, True), (5, False)]
+
+
+def test_inline_batches_fail_as_threaded_ones_do() -> None:
+    model = Model()
+    b = warmed(model, inline_batch_max_s=0.05)
+    model.fail = True
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(b.infer(one(), alone=lambda: False) for _ in range(3)),
+                                    return_exceptions=True)
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, InferenceError) and "model exploded" in str(e) for e in errors)
+    assert model.calls == [(3, True)]
+
+
 def test_a_version_unloaded_during_the_loop_turn_answers_503() -> None:
     model = Model()
     b = warmed(model)
@@ -227,6 +264,13 @@ def test_the_plane_runs_its_only_request_inline(plane: DataPlane,
 
 def test_the_plane_batches_when_other_requests_are_in_flight(
         plane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not alone: through the queue, as a batch — on the event loop while the batch is cheap
+    (a CPU runtime, ``inline_batch_max_ms``), else on the inference thread."""
+    loaded = plane.repository.get("mnist-fc")
+    assert loaded.runtime.device == "cpu"
+    assert loaded.batcher.inline_batch_max_s == plane.config.inline_batch_max_ms / 1000 > 0
+    assert _threads(plane, 2, monkeypatch) == [True] * 3
+    monkeypatch.setattr(loaded.batcher, "inline_batch_max_s", 0.0)
     assert _threads(plane, 2, monkeypatch) == [False] * 3
 
 
