@@ -31,7 +31,7 @@ CPU whose cores the workers already fill (one worker per core, one runtime threa
 default) the inference thread only overlapped parsing with the model on the same cores while
 adding its hand-offs: batches were about half the requests in flight, and the thread's wake-ups,
 GIL hand-overs and cache misses cost more than the overlap gave (issue 15; mnist-cnn JSON at
-c=64 on this 2-core machine: ~30 requests a batch instead of ~15, ~13 % more requests/s). A
+c=64 on this 2-core machine: ~30 requests a batch instead of ~15, 12–17 % more requests/s). A
 costlier batch takes the inference thread, so the loop stalls at most ``inline_batch_max_s``.
 
 Tensors may batch on different axes (the char-rnn state is [layers, batch, hidden]).
