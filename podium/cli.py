@@ -7,13 +7,18 @@ so ``podium --help`` is instant and BENTOML_HOME is honoured.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from models.catalog import MODEL_NAMES, PROFILES, UnknownModel, get_spec
+
+INTERRUPTED = 130  # the shell's status for a run ended by SIGINT
 
 
 class CliError(Exception):
@@ -252,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # loader) would end the process by SIGINT (-2) instead of this exit status: ignore it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("podium: interrupted; nothing was registered for the unfinished run", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except (CliError, UnknownModel, KeyError, ValueError, OSError, RuntimeError) as exc:
         # DataError, StoreError and ParityError are RuntimeErrors with readable messages.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -260,5 +265,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The process entry (``podium``, ``python -m podium.cli``): ``main``'s status as the exit
+    status. An interrupted run ends with 130 through ``os._exit`` once the exit handlers have run
+    and the streams are flushed: CPython replaces an ordinary exit with death by SIGINT (-2) when
+    a KeyboardInterrupt passed through a C-level ``PyRun_*`` call on its way to ``main`` (a flag
+    the ``except`` there does not clear), and a second SIGINT that lands before ``main`` ignores
+    them escapes it — a CI run exited -2 right after printing "interrupted"."""
+    try:
+        status = main()
+    except KeyboardInterrupt:  # a second one, before main ignored SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        status = INTERRUPTED
+    if status != INTERRUPTED:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what the interpreter's exit would run (temporary directories, ...)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(INTERRUPTED)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
