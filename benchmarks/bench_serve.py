@@ -361,14 +361,21 @@ def _status(port: int, path: str, probe: tuple[str, bytes] | None = None) -> int
         return None
 
 
-def post(port: int, path: str, body: Body, conn: http.client.HTTPConnection | None = None
-         ) -> tuple[int, bytes, dict[str, str]]:
-    own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def request_headers(body: Body) -> dict[str, str]:
+    """``body``'s Content-Type and its extra ``Name: value`` headers, as ``http.client`` takes
+    them."""
     headers = {"Content-Type": body.content_type}
     for header in body.headers:
         key, value = header.split(":", 1)
         headers[key.strip()] = value.strip()
+    return headers
+
+
+def post(port: int, path: str, body: Body, conn: http.client.HTTPConnection | None = None
+         ) -> tuple[int, bytes, dict[str, str]]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = request_headers(body)
     conn.request("POST", path, body=body.path.read_bytes(), headers=headers)
     response = conn.getresponse()
     data = response.read()
@@ -701,10 +708,7 @@ def paired_c1(urls: dict[str, str], body: Body, seconds: float, warm_s: float = 
 
     a, b = urls
     data = body.path.read_bytes()
-    headers = {"Content-Type": body.content_type}
-    for header in body.headers:
-        key, value = header.split(":", 1)
-        headers[key.strip()] = value.strip()
+    headers = request_headers(body)
     targets = {name: urlsplit(url) for name, url in urls.items()}
     conns: dict[str, http.client.HTTPConnection] = {}
 
@@ -1044,9 +1048,10 @@ def worst_on_off(result: dict[str, Any], c: int) -> tuple[float, str] | None:
         return min((p["ratio"], _row_name(key)) for key, p in paired.items())
     ratios = []
     for model, form in ROWS:
-        on, off = _p(result, "on", f"{model}/{form}", c), _p(result, "off", f"{model}/{form}", c)
+        key = f"{model}/{form}"
+        on, off = _p(result, "on", key, c), _p(result, "off", key, c)
         if on and off and off["ok_rps"]:
-            ratios.append((on["ok_rps"] / off["ok_rps"], f"{model} {FORM_NAMES[form]}"))
+            ratios.append((on["ok_rps"] / off["ok_rps"], _row_name(key)))
     return min(ratios) if ratios else None
 
 

@@ -338,6 +338,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         waits = [time.monotonic() - p.enqueued for p in batch]
+        items = sum(p.n for p in batch)
         try:
             if len(batch) == 1:
                 feeds = batch[0].feeds
@@ -346,8 +347,7 @@ class Batcher:
                          for k, ax in self.input_axes.items()}
             self._running += 1
             try:
-                if self.inline_batch_max_s and self._cheap(feeds, sum(p.n for p in batch),
-                                                           self.inline_batch_max_s):
+                if self.inline_batch_max_s and self._cheap(feeds, items, self.inline_batch_max_s):
                     outputs = self._run(feeds)  # on the event loop (module docstring)
                 else:
                     outputs = await loop.run_in_executor(self._executor, self._run, feeds)
@@ -359,7 +359,7 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(error)
             return
-        self._observe(len(batch), sum(p.n for p in batch), time.perf_counter() - started, waits)
+        self._observe(len(batch), items, time.perf_counter() - started, waits)
         offset = 0
         for p in batch:
             if not p.future.done():

@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 from services import codecs
 from services.http import MODEL_HEADER
-from services.kinds.image import SMALL_SCORES, ranked
+from services.kinds.image import ranked
 from services.routes import create_app, hot_app
 from tests.kinds_support import plane_of
 
@@ -28,7 +28,7 @@ from tests.kinds_support import plane_of
            elements=st.floats(-30, 30, width=32)),
     st.integers(1, classes))))
 def test_ranked_is_softmax_then_top_k_in_either_path(case: tuple[np.ndarray, int]) -> None:
-    scores, k = case  # up to 40 × 12 scores: both sides of SMALL_SCORES
+    scores, k = case  # up to 40 × 12 scores: both sides of codecs.SMALL_SCORES
     got = ranked(scores, k)
     probs = codecs.softmax(scores.astype(np.float64))
     best = -np.sort(-probs, axis=1)[:, :k]  # classes within rounding of each other may swap places
@@ -40,7 +40,7 @@ def test_ranked_is_softmax_then_top_k_in_either_path(case: tuple[np.ndarray, int
                for row, p in got for j, q in zip(row, p, strict=True))
 
 
-@pytest.mark.parametrize("rows", [1, SMALL_SCORES // 10 + 1])  # the Python path and the NumPy path
+@pytest.mark.parametrize("rows", [1, codecs.SMALL_SCORES // 10 + 1])  # the Python path and the NumPy path
 def test_ties_rank_the_lower_class_first_in_both_paths(rows: int) -> None:
     scores = np.zeros((rows, 10), np.float32)
     scores[:, [3, 7]] = 1.0

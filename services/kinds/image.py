@@ -206,16 +206,13 @@ async def _multipart_images(request: Request, body: bytes, limit: int
     return files, form.get("top_k")
 
 
-# Up to codecs' SMALL_SCORES scores (rows × classes), top-k runs in plain Python too: for the
-# usual one-image request NumPy's per-call overhead (softmax, argsort, take_along_axis) cost
-# ~14 µs on the event loop against ~3 µs here (issue 15); big batches stay vectorised.
-SMALL_SCORES = codecs.SMALL_SCORES
-
-
 def ranked(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     """Per row of ``scores`` [N, K]: the ``k`` most probable classes, most probable first, and
-    their softmax probabilities (Python ints and floats, ready for JSON)."""
-    if scores.size <= SMALL_SCORES:
+    their softmax probabilities (Python ints and floats, ready for JSON). Up to
+    ``codecs.SMALL_SCORES`` scores, in plain Python: for the usual one-image request NumPy's
+    per-call overhead (softmax, argsort, take_along_axis) cost ~14 µs on the event loop against
+    ~3 µs this way (issue 15); big batches stay vectorised."""
+    if scores.size <= codecs.SMALL_SCORES:
         out = []
         for row in scores.tolist():
             probs = codecs.softmax_row(row)
