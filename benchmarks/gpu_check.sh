@@ -19,8 +19,9 @@ cd "$(dirname "$0")/.."
 KIT=.gpu-check
 
 # The serving dependencies the GPU machine's image lacks, exactly as pip resolved bentoml==1.4.39
-# and pyproject's serving pins for CPython 3.12 on 2026-11-30, pydantic-settings since issue 14 (the
-# image's own numpy, pillow, PyYAML, httpx, uvloop, prometheus-client, ... are used as they are).
+# and pyproject's serving pins for CPython 3.12 on 2026-11-30, pydantic-settings since issue 14,
+# pysimdjson since issue 15 (the image's own numpy, pillow, PyYAML, httpx, uvloop,
+# prometheus-client, ... are used as they are).
 WHEELS=(
     bentoml==1.4.39 pydantic==2.14.3 pydantic_core==2.50.4 fastapi==0.165.0 starlette==1.10.0
     python-multipart==0.0.34 orjson==3.13.0 httptools==0.9.0 uvicorn==0.54.0 annotated-types==0.8.0
@@ -31,7 +32,7 @@ WHEELS=(
     aiosqlite==0.22.1 httpx-ws==0.9.0 kantoku==0.18.3 pip-requirements-parser==32.0.1 pyzmq==27.3.0
     rich-toolkit==0.20.6 simple-di==0.1.5 tornado==6.6.1 watchfiles==1.3.0 click-option-group==0.5.10
     python-json-logger==4.2.0 schema==0.7.8 tomli_w==1.2.0 tzdata==2026.6 wsproto==1.3.2
-    pydantic-settings==2.16.3 python-dotenv==1.2.4
+    pydantic-settings==2.16.3 python-dotenv==1.2.4 pysimdjson==7.0.2
 )
 PLATFORMS=(manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
            manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_35_x86_64 manylinux1_x86_64)

@@ -227,6 +227,32 @@ def test_a_real_server_keeps_the_body_limit_on_the_hot_path(server: Server) -> N
         assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]
 
 
+def test_a_real_server_answers_every_json_image_form_alike(server: Server) -> None:
+    """A plain JSON body (decoded by simdjson, ``services.codecs.json_images_fast``), one with
+    another key (orjson), its integer form, and ``.npy``: the same image, the same answer; a
+    body the fast path declines still gets its named 400."""
+    import io
+
+    import numpy as np
+
+    pixels = np.random.default_rng(15).integers(0, 256, (2, 1, 28, 28))
+    floats = (pixels / 255).tolist()
+    npy = io.BytesIO()
+    np.save(npy, (pixels / 255).astype(np.float32))
+    with server.client() as client:
+        def ask(**kwargs: Any) -> list[Any]:
+            r = client.post("/v1/models/mnist-cnn/predict", **kwargs)
+            assert r.status_code == 200, r.text
+            return [(p["digit"], round(p["probability"], 5)) for p in r.json()["predictions"]]
+
+        plain = ask(json={"instances": floats})
+        assert ask(json={"instances": floats, "top_k": 3}) == plain
+        assert ask(json={"inputs": pixels.reshape(2, 784).tolist()}) == plain
+        assert ask(content=npy.getvalue(), headers={"content-type": "application/x-npy"}) == plain
+        r = client.post("/v1/models/mnist-cnn/predict", json={"instances": [[0.5] * 783 + [None]]})
+        assert r.status_code == 400 and "numbers" in r.json()["error"], r.text
+
+
 def test_a_real_server_answers_hot_path_mistakes_in_json(server: Server) -> None:
     with server.client() as client:
         r = client.get("/v1/models/mnist-cnn/predict")

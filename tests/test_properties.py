@@ -174,6 +174,147 @@ def test_json_images_tensors(array: np.ndarray) -> None:
         assert got.min() >= 0 and got.max() <= 1
 
 
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args)
+    except PodiumError as exc:
+        return "refused", (exc.status, exc.message)
+
+
+def _orjson_path(body: bytes, shape: tuple[int, int, int]) -> tuple[str, Any]:
+    """What a JSON image body gave before the simdjson path: orjson, then ``np.asarray``."""
+    def decode() -> np.ndarray:
+        payload = json.loads(body)
+        key = "instances" if "instances" in payload else "inputs"
+        return codecs.decode_json_images(payload[key], MAX_ITEMS, key, shape)
+    return _outcome(decode)
+
+
+def _same_as_orjson_path(body: bytes, shape: tuple[int, int, int] = codecs.MNIST_SHAPE) -> bool:
+    """Whether ``json_images_fast`` took ``body``; when it did, the checked batch (or the refusal)
+    is exactly the orjson path's, dtype and bits."""
+    fast = codecs.json_images_fast(body, shape)
+    if fast is None:
+        return False
+    key, array = fast
+    got = _outcome(codecs.checked_images, array, key, MAX_ITEMS, shape)
+    want = _orjson_path(body, shape)
+    assert got[0] == want[0], (got, want)
+    if got[0] == "ok":
+        assert got[1].dtype == want[1].dtype == np.float32
+        assert got[1].shape == want[1].shape
+        assert np.array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
+    else:
+        assert got[1] == want[1]
+    return True
+
+
+IMAGE_ITEMS = st.sampled_from([(1, 28, 28), (28, 28), (784,)])
+PIXEL_VALUES = (st.integers(-3, 300) | st.integers(2**62, 2**65) | st.integers(-(2**64), -(2**62))
+                | st.floats(allow_nan=False, allow_infinity=False)
+                | st.floats(0, 1) | st.sampled_from([0, 1, 255, 0.0, -0.0, 1.0, 5e-324, 1e308]))
+
+
+@SETTINGS
+@given(hnp.arrays(st.sampled_from(["<i8", "<f8", "<f4", "<i2"]),
+                  st.tuples(st.integers(1, 3), IMAGE_ITEMS).map(lambda t: (t[0], *t[1])),
+                  elements={"min_value": -2, "max_value": 300}),
+       st.sampled_from(["instances", "inputs"]), st.sampled_from([None, 0, 2]))
+def test_json_images_fast_path_is_the_orjson_paths_answer(array: np.ndarray, key: str,
+                                                          indent: int | None) -> None:
+    """Plain bodies of every accepted item shape, integer or float pixels, in range or not,
+    compact or indented: the simdjson path takes each and gives the orjson path's answer."""
+    body = json.dumps({key: array.tolist()}, indent=indent).encode()
+    assert _same_as_orjson_path(body)
+
+
+@SETTINGS
+@given(st.lists(PIXEL_VALUES, min_size=784, max_size=784), st.integers(0, 783),
+       st.sampled_from([None, "", "null", "true", '"0.5"', "[]", "1e400", "01", "-"]))
+def test_json_images_fast_path_keeps_numpys_meaning(pixels: list[Any], at: int, odd: str | None
+                                                    ) -> None:
+    """ints and floats mixed as NumPy mixes them (any float → float64, else int64), huge
+    integers, -0.0, subnormals; one odd token (a null, a string, an invalid number, ...) puts the
+    body on the orjson path, which names its problem."""
+    body = json.dumps({"instances": [pixels]}).encode()
+    if odd is not None:
+        tokens = body.split(b", ")
+        tokens[at] = (b'{"instances": [[' if at == 0 else b"") + odd.encode() \
+            + (b"]]}" if at == 783 else b"")
+        body = b", ".join(tokens)
+    taken = _same_as_orjson_path(body)
+    if odd is None and all(abs(v) < 2**63 for v in pixels if isinstance(v, int)):
+        assert taken  # the plain body of numbers is the fast path's
+    if odd not in (None, ""):
+        assert not taken
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 4000), st.binary(min_size=1, max_size=3)), max_size=4))
+def test_json_images_fast_path_on_damaged_bodies(edits: list[tuple[int, bytes]]) -> None:
+    """Bytes replaced anywhere in a plain body: the fast path declines or agrees."""
+    body = bytearray(json.dumps({"instances": [[[round(i / 784, 3) for i in range(28)]] * 28]}).encode())
+    for at, data in edits:
+        at %= len(body)
+        body[at:at + len(data)] = data
+    _same_as_orjson_path(bytes(body))
+    _same_as_orjson_path(body)
+
+
+def test_json_images_fast_path_declines_what_it_does_not_know() -> None:
+    plain = {"instances": [[0.5] * 784]}
+    assert codecs.json_images_fast(json.dumps(plain).encode()) is not None
+    for body in [json.dumps({**plain, "top_k": 2}),  # another key: the orjson path reads it
+                 json.dumps({"instan ces": plain["instances"]}),  # a key the skeleton can't tell
+                 json.dumps({"instances": [[0.5] * 783]}),  # no accepted item shape
+                 json.dumps({"instances": [[0.5] * 784, [0.5] * 783]}),  # ragged
+                 json.dumps({"instances": []}), "[]", "", "{}",
+                 json.dumps({"instances": [[0.5] * 784]}) + " x",  # trailing garbage
+                 json.dumps({"instances": [[2**64] + [0] * 783]}),  # past uint64: NumPy's own rule
+                 json.dumps({"instances": [[2**63] + [0] * 783]})]:  # past int64
+        assert codecs.json_images_fast(body.encode()) is None, body
+    assert codecs.json_images_fast(memoryview(json.dumps(plain).encode())) is None
+    key, array = codecs.json_images_fast(bytearray(json.dumps(plain).encode()))  # uvicorn's body
+    assert key == "instances" and array.dtype == np.float64 and array.shape == (1, 784)
+    big = json.dumps({"instances": [[0.5] * 784] * 400}).encode()
+    assert len(big) > codecs.JSON_FAST_MAX_BYTES and codecs.json_images_fast(big) is None
+    # the thread's parser is reusable after every refusal above
+    key, array = codecs.json_images_fast(json.dumps({"inputs": [[[1] * 28] * 28]}).encode())
+    assert key == "inputs" and array.dtype == np.int64 and array.shape == (1, 28, 28)
+
+
+def test_image_kinds_decode_plain_json_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image kind's JSON decoding takes the simdjson path for a plain body (orjson is never
+    asked) and the orjson path for any other (here: with ``top_k``)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from models.catalog import get_spec
+    from services.kinds import image, kind_for
+
+    kind = kind_for(get_spec("mnist-cnn"))
+    assert isinstance(kind, image.ImageClassifier)
+    parsed: list[bytes] = []
+    real_parse = image.parse_json
+    monkeypatch.setattr(image, "parse_json", lambda body: parsed.append(body) or real_parse(body))
+    pixels = [[round(i / 784, 4) for i in range(784)]]
+
+    def decode(payload: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        body = bytearray(json.dumps(payload).encode())
+
+        async def read() -> bytearray:
+            return body
+        request = SimpleNamespace(headers={"content-type": "application/json"})
+        call = SimpleNamespace(plane=SimpleNamespace(config=ServeConfig()), request=request, body=read)
+        return asyncio.run(kind._decode(call))
+
+    fast, top_k = decode({"instances": pixels})
+    assert not parsed and top_k is None
+    slow, top_k = decode({"instances": pixels, "top_k": 2})
+    assert len(parsed) == 1 and top_k == 2
+    assert fast.dtype == np.float32 and fast.shape == (1, 1, 28, 28) and np.array_equal(fast, slow)
+
+
 @SETTINGS
 @given(json_values | st.lists(st.lists(st.integers(-5, 5) | st.floats(allow_nan=False), max_size=9),
                               max_size=4))

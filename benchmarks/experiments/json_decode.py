@@ -10,7 +10,9 @@ preempted by other processes is not counted).
     .venv/bin/python -m benchmarks.experiments.json_decode [--rounds 15]
 
 orjson's ``OPT_*`` flags are ``dumps`` options only; ``orjson.loads`` takes none, so they do not
-enter decoding. ujson and simdjson are not installed and were not added for this.
+enter decoding. ujson is not installed. simdjson (``pysimdjson``) parses a plain body's batch into
+one flat buffer without a Python object per pixel: Podium's path since issue 15's ninth pass
+(``codecs.json_images_fast``, orjson for every other body).
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def float32_first(body: bytes) -> np.ndarray:
     return current(body) if batch is None else batch
 
 
+def simdjson_flat(body: bytes) -> np.ndarray:
+    """Podium's path: a plain body through simdjson's flat buffer (``codecs.json_images_fast``),
+    any other through orjson; then the same checks."""
+    fast = codecs.json_images_fast(body)
+    if fast is None:
+        return current(body)
+    return codecs.checked_images(fast[1], fast[0], MAX_ITEMS)
+
+
 def text_parse(body: bytes) -> np.ndarray:
     """Lower bound of parsing the number text directly (``np.fromstring``): no JSON validation,
     no shape checks — not a correct decoder, measured to see whether one would pay."""
@@ -89,7 +100,8 @@ def text_parse(body: bytes) -> np.ndarray:
 
 
 VARIANTS: dict[str, Callable[[bytes], np.ndarray]] = {
-    "orjson → np.asarray → astype(float32) (today)": current,
+    "orjson → np.asarray → astype(float32) (before issue 15's ninth pass)": current,
+    "simdjson flat buffer for a plain body, else orjson (Podium now)": simdjson_flat,
     "today's np.asarray, range check as min/max only (no isfinite pass)": today_min_max,
     "orjson → np.array(dtype=float32) when no string in the body, int check, min/max": float32_first,
     "np.fromstring of the number text (lower bound, unchecked)": text_parse,
@@ -121,13 +133,13 @@ def check_same() -> None:
               orjson.dumps({"instances": [[0.25] * 784], "note": "a string: today's path"})]
     for body in bodies:
         want = current(body)
-        for fn in (today_min_max, float32_first):
+        for fn in (today_min_max, float32_first, simdjson_flat):
             got = fn(body)
             assert got.dtype == np.float32 and np.array_equal(got, want), f"{fn.__name__} differs"
     for bad in ([[2.5] + [0.5] * 783], [[1e39] + [0.5] * 783], [[0.5, 0.5], [0.5]],
                 [["0.5"] + [0.5] * 783], [[None] + [0.5] * 783], [[True] * 784], [[-0.5] * 784]):
         body = orjson.dumps({"instances": bad})
-        for fn in (today_min_max, float32_first):
+        for fn in (today_min_max, float32_first, simdjson_flat):
             assert refusal(fn, body) == refusal(current, body), (fn.__name__, str(bad)[:40])
     assert np.allclose(text_parse(bodies[0]), current(bodies[0]))
 
