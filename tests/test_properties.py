@@ -25,6 +25,7 @@ from models import textcodec
 from services import codecs, oip_codec, textgen
 from services.config import ServeConfig
 from services.errors import PayloadTooLarge, PodiumError, clip
+from services.http import parse_json
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -184,7 +185,7 @@ def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
 def _orjson_path(body: bytes, shape: tuple[int, int, int]) -> tuple[str, Any]:
     """What a JSON image body gave before the simdjson path: orjson, then ``np.asarray``."""
     def decode() -> np.ndarray:
-        payload = json.loads(body)
+        payload = parse_json(bytes(body))
         key = "instances" if "instances" in payload else "inputs"
         return codecs.decode_json_images(payload[key], MAX_ITEMS, key, shape)
     return _outcome(decode)
