@@ -34,6 +34,11 @@ GIL hand-overs and cache misses cost more than the overlap gave (issue 15; mnist
 c=64 on this 2-core machine: ~30 requests a batch instead of ~15, 12–17 % more requests/s). A
 costlier batch takes the inference thread, so the loop stalls at most ``inline_batch_max_s``.
 
+A feed may be **deferred** (``Deferred``: a plain JSON image body, ``codecs.JsonImages``): its
+shape and dtype are known at the request, its items are decoded when its batch forms, request
+after request, straight into the batch's own array. A request whose input is then refused hears
+its own error and leaves the batch; the others run.
+
 Tensors may batch on different axes (the char-rnn state is [layers, batch, hidden]).
 """
 
@@ -60,6 +65,38 @@ def _slice(array: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
 
 # The wait an inline run records (it never queued); read only.
 _NO_WAIT = [0.0]
+
+
+class Deferred:
+    """A feed decoded only when its batch runs: ``shape``, ``dtype`` and ``size`` are known at
+    the request (they decide the batch it joins, as an array's would); ``fill`` writes its items
+    into ``out`` (an array of that shape and dtype: the request's rows of the batch's own
+    array) or raises what the request's client should hear (e.g. ``InvalidInput``) — that
+    request alone fails, the rest of the batch runs. The batcher fills a batch's deferred feeds
+    one request after another on the event loop, then hands each request's rows back in its
+    feeds (what a shadow copy reads)."""
+
+    __slots__ = ()
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    size: int
+
+    def fill(self, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def array(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self.fill(out)
+        return out
+
+
+def _materialize(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` with each deferred feed decoded, in place (the caller's dict: its rollout
+    shadow reads the arrays); its errors are the request's own."""
+    for name, value in feeds.items():
+        if isinstance(value, Deferred):
+            feeds[name] = value.array()
+    return feeds
 
 
 @dataclass(slots=True)
@@ -184,6 +221,7 @@ class Batcher:
                 raise self._gone()
         loop = asyncio.get_running_loop()
         if not self.enabled:
+            _materialize(feeds)
             started = time.perf_counter()
             self._running += 1
             try:
@@ -211,6 +249,7 @@ class Batcher:
                 and (alone is None or alone()))
 
     def _run_inline(self, feeds: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+        _materialize(feeds)  # a refusal is this request's own: raised as it is
         started = time.perf_counter()
         try:
             out = self._run(feeds)
@@ -336,15 +375,20 @@ class Batcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         waits = [time.monotonic() - p.enqueued for p in batch]
+        try:
+            feeds, kept = self._feeds(batch)  # a request whose input is refused leaves it here
+        except Exception as exc:  # joining the inputs failed: every request hears why
+            self._fail(batch, exc)
+            return
+        if len(kept) < len(batch):
+            waits = [time.monotonic() - p.enqueued for p in kept]
+            batch = kept
+            if not batch:
+                return
+        started = time.perf_counter()
         items = sum(p.n for p in batch)
         try:
-            if len(batch) == 1:
-                feeds = batch[0].feeds
-            else:
-                feeds = {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
-                         for k, ax in self.input_axes.items()}
             self._running += 1
             try:
                 if self.inline_batch_max_s and self._cheap(feeds, items, self.inline_batch_max_s):
@@ -354,10 +398,7 @@ class Batcher:
             finally:
                 self._running -= 1
         except Exception as exc:  # the model failed: every request of the batch hears why
-            error = self._failure(exc)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(error)
+            self._fail(batch, exc)
             return
         self._observe(len(batch), items, time.perf_counter() - started, waits)
         offset = 0
@@ -367,6 +408,57 @@ class Batcher:
                     _slice(o, offset, offset + p.n, ax) if len(batch) > 1 else o
                     for o, ax in zip(outputs, self.output_axes, strict=True)])
             offset += p.n
+
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        error = self._failure(exc)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
+
+    def _feeds(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], list[_Pending]]:
+        """The batch's inputs, each joined on its axis, and the requests in them: a request
+        whose deferred feed refuses hears its error now and leaves the batch."""
+        if len(batch) == 1:
+            p = batch[0]
+            try:
+                return _materialize(p.feeds), batch
+            except Exception as exc:  # the request's own input: its client hears it as it is
+                if not p.future.done():
+                    p.future.set_exception(exc)
+                return {}, []
+        axes = self.input_axes
+        if not any(isinstance(v, Deferred) for p in batch for v in p.feeds.values()):
+            return {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
+                    for k, ax in axes.items()}, batch
+        # Filled into the batch's own arrays, request after request: deferred feeds decode
+        # here (``Deferred``), arrays are copied as ``np.concatenate`` would.
+        first = batch[0].feeds
+        total = sum(p.n for p in batch)
+        feeds = {}
+        for k, ax in axes.items():
+            shape = list(first[k].shape)
+            shape[ax] = total
+            feeds[k] = np.empty(shape, first[k].dtype)
+        kept: list[_Pending] = []
+        offset = 0
+        for p in batch:
+            rows = {k: _slice(feeds[k], offset, offset + p.n, ax) for k, ax in axes.items()}
+            try:
+                for k, value in p.feeds.items():
+                    if isinstance(value, Deferred):
+                        value.fill(rows[k])
+                    else:
+                        rows[k][...] = value
+            except Exception as exc:  # this request's input: it alone hears why
+                if not p.future.done():
+                    p.future.set_exception(exc)
+                continue
+            p.feeds.update(rows)
+            kept.append(p)
+            offset += p.n
+        if offset < total:  # refused requests' rows are the tail left unused
+            feeds = {k: _slice(v, 0, offset, axes[k]) for k, v in feeds.items()}
+        return feeds, kept
 
     def _observe(self, requests: int, items: int, seconds: float, waits: list[float]) -> None:
         if self.metrics is not None:

@@ -253,6 +253,39 @@ def test_a_real_server_answers_every_json_image_form_alike(server: Server) -> No
         assert r.status_code == 400 and "numbers" in r.json()["error"], r.text
 
 
+def test_a_real_server_refuses_one_bad_plain_body_among_a_batch_alone(server: Server) -> None:
+    """Plain JSON bodies are parsed when their batch forms (``codecs.JsonImages``): sent
+    together, a body with a pixel out of range gets its named 400 and every other one the answer
+    it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    rng = np.random.default_rng(16)
+    bodies = [{"instances": (rng.integers(0, 256, (1 + i % 3, 784)) / 255).tolist()}
+              for i in range(24)]
+    for i in (3, 10, 17):
+        bodies[i]["instances"][-1][-1] = 1.5
+
+    def ask(body: dict[str, Any]) -> tuple[int, Any]:
+        with server.client() as client:
+            r = client.post("/v1/models/mnist-cnn/predict", json=body)
+        return r.status_code, r.json()
+
+    alone = [ask(b) for b in bodies]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(ask, bodies))
+    for i, (status, answer) in enumerate(together):
+        if i in (3, 10, 17):
+            assert status == 400 and answer["field"] == "instances", answer
+            assert "[0, 1]" in answer["error"]
+        else:
+            assert status == 200, answer
+            assert [(p["digit"], round(p["probability"], 4)) for p in answer["predictions"]] == \
+                [(p["digit"], round(p["probability"], 4)) for p in alone[i][1]["predictions"]]
+    assert [s for s, _ in alone] == [s for s, _ in together]
+
+
 def test_a_real_server_answers_hot_path_mistakes_in_json(server: Server) -> None:
     with server.client() as client:
         r = client.get("/v1/models/mnist-cnn/predict")

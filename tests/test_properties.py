@@ -24,7 +24,7 @@ from PIL import Image
 from models import textcodec
 from services import codecs, oip_codec, textgen
 from services.config import ServeConfig
-from services.errors import PayloadTooLarge, PodiumError, clip
+from services.errors import InvalidInput, PayloadTooLarge, PodiumError, clip
 from services.http import parse_json
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
@@ -182,24 +182,21 @@ def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
         return "refused", (exc.status, exc.message)
 
 
-def _orjson_path(body: bytes, shape: tuple[int, int, int]) -> tuple[str, Any]:
+def _orjson_images(body: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """What a JSON image body gave before the simdjson path: orjson, then ``np.asarray``."""
-    def decode() -> np.ndarray:
-        payload = parse_json(bytes(body))
-        key = "instances" if "instances" in payload else "inputs"
-        return codecs.decode_json_images(payload[key], MAX_ITEMS, key, shape)
-    return _outcome(decode)
+    payload = parse_json(bytes(body))
+    key = "instances" if "instances" in payload else "inputs"
+    if not isinstance(payload, dict) or key not in payload:  # (the image kind names it so)
+        raise InvalidInput("missing 'instances'", field="instances")
+    return codecs.decode_json_images(payload[key], MAX_ITEMS, key, shape)
 
 
-def _same_as_orjson_path(body: bytes, shape: tuple[int, int, int] = codecs.MNIST_SHAPE) -> bool:
-    """Whether ``json_images_fast`` took ``body``; when it did, the checked batch (or the refusal)
-    is exactly the orjson path's, dtype and bits."""
-    fast = codecs.json_images_fast(body, shape)
-    if fast is None:
-        return False
-    key, array = fast
-    got = _outcome(codecs.checked_images, array, key, MAX_ITEMS, shape)
-    want = _orjson_path(body, shape)
+def _orjson_path(body: bytes, shape: tuple[int, int, int]) -> tuple[str, Any]:
+    return _outcome(_orjson_images, body, shape)
+
+
+def _assert_same(got: tuple[str, Any], want: tuple[str, Any]) -> None:
+    """The same checked batch (dtype and bits) or the same refusal (status and message)."""
     assert got[0] == want[0], (got, want)
     if got[0] == "ok":
         assert got[1].dtype == want[1].dtype == np.float32
@@ -207,6 +204,37 @@ def _same_as_orjson_path(body: bytes, shape: tuple[int, int, int] = codecs.MNIST
         assert np.array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
     else:
         assert got[1] == want[1]
+
+
+def _deferred(body: bytes, shape: tuple[int, int, int]) -> tuple[str, Any] | None:
+    """``body`` through ``codecs.JsonImages`` (the pixels parsed when the batch forms, into an
+    array of the batch's): its outcome, or None where it is not deferred."""
+    try:
+        later = codecs.JsonImages.of(body, shape, MAX_ITEMS, lambda: _orjson_images(body, shape))
+    except PodiumError as exc:
+        return "refused", (exc.status, exc.message)
+    if later is None:
+        return None
+    assert later.dtype == np.float32 and later.shape[1:] == shape
+    out = np.full(later.shape, np.nan, np.float32)
+    return _outcome(lambda: later.fill(out) or out)
+
+
+def _same_as_orjson_path(body: bytes, shape: tuple[int, int, int] = codecs.MNIST_SHAPE) -> bool:
+    """Whether ``json_images_fast`` took ``body``; when it did, the checked batch (or the refusal)
+    is exactly the orjson path's, dtype and bits. A body deferred to its batch
+    (``codecs.JsonImages``: every body of the plain form, those simdjson refuses included) gets
+    the orjson path's answer too."""
+    later = _deferred(body, shape)
+    if later is not None:
+        _assert_same(later, _orjson_path(body, shape))
+    fast = codecs.json_images_fast(body, shape)
+    if fast is None:
+        return False
+    assert later is not None  # the plain form: deferred as well
+    key, array = fast
+    _assert_same(_outcome(codecs.checked_images, array, key, MAX_ITEMS, shape),
+                 _orjson_path(body, shape))
     return True
 
 
@@ -314,6 +342,50 @@ def test_image_kinds_decode_plain_json_on_the_fast_path(monkeypatch: pytest.Monk
     slow, top_k = decode({"instances": pixels, "top_k": 2})
     assert len(parsed) == 1 and top_k == 2
     assert fast.dtype == np.float32 and fast.shape == (1, 1, 28, 28) and np.array_equal(fast, slow)
+
+
+def test_image_kinds_defer_plain_json_to_the_batch_with_the_eager_answers() -> None:
+    """``_decode(defer=True)`` (``v1_predict``'s): a plain body comes as ``codecs.JsonImages``
+    whose filled pixels, or refusal, are the eager decoding's — a key the byte check cannot tell
+    from ``instances`` and a number simdjson refuses included (the orjson path decides them);
+    any other body is decoded at once, as ever; past the item limit, 413 at the request."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from models.catalog import get_spec
+    from services.kinds import kind_for
+
+    kind = kind_for(get_spec("mnist-cnn"))
+    config = ServeConfig(max_items_per_request=4)
+
+    def decode(body: bytes, defer: bool) -> tuple[str, Any]:
+        async def read() -> bytearray:
+            return bytearray(body)
+        request = SimpleNamespace(headers={"content-type": "application/json"})
+        call = SimpleNamespace(plane=SimpleNamespace(config=config), request=request, body=read)
+
+        def run() -> Any:
+            images, _ = asyncio.run(kind._decode(call, defer=defer))
+            if isinstance(images, codecs.JsonImages) != defer:
+                return "not deferred"
+            return images.array() if defer else images
+        return _outcome(run)
+
+    row = [round(i / 784, 4) for i in range(784)]
+    for body, deferred in [
+            (json.dumps({"instances": [row, row]}), True),
+            (json.dumps({"inputs": [[[7] * 28] * 28]}), True),
+            (json.dumps({"instances": [row[:-1] + [1.5]]}), True),  # refused: out of range
+            (json.dumps({"instances": [[300] * 784]}), True),  # refused: past 255
+            (json.dumps({"instan5ces": [row]}), True),  # refused by orjson's path: no key
+            (json.dumps({"instances": [row[:-1] + [1e400]]}), True),  # simdjson refuses: orjson
+            (json.dumps({"instances": [row] * 5}), True),  # 413, at the request
+            (json.dumps({"instances": [row], "top_k": 2}), False),
+            (json.dumps({"instances": [row[:-1] + [None]]}), False)]:
+        eager = decode(body.encode(), defer=False)
+        got = decode(body.encode(), defer=deferred)
+        assert not isinstance(got[1], str), (got, body[:40])  # deferred exactly when expected
+        _assert_same(got, eager)
 
 
 @SETTINGS

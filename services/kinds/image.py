@@ -32,6 +32,7 @@ from starlette.responses import Response
 
 from models.labels import labels_of
 from services import codecs, digits
+from services.batcher import Deferred
 from services.errors import InvalidInput, PayloadTooLarge, clip
 from services.http import media_type, parse_json, query_param
 from services.kinds.base import (
@@ -261,26 +262,24 @@ class ImageClassifier(Kind):
     def _photo(self, image: Any) -> np.ndarray:
         return digits.mnist_digit(image) if self.digits else codecs.photo_tensor(image, self.shape)
 
-    async def _decode(self, call: Call) -> tuple[np.ndarray, Any]:
-        """The request's images as [N, C, H, W] pixels in [0, 1], and its ``top_k`` if given."""
+    async def _decode(self, call: Call, defer: bool = False) -> tuple[np.ndarray | Deferred, Any]:
+        """The request's images as [N, C, H, W] pixels in [0, 1], and its ``top_k`` if given.
+        ``defer``: a plain JSON body's pixels may come as ``codecs.JsonImages``, parsed and
+        checked when its batch runs (its refusals are the same, heard then)."""
         cfg, request = call.plane.config, call.request
         body = await call.body()
         media = media_type(request)
         if media == "application/json":
+            if defer:
+                later = codecs.JsonImages.of(body, self.shape, cfg.max_items_per_request,
+                                             lambda: self._json_images(body, cfg)[0])
+                if later is not None:
+                    return later, None
             fast = codecs.json_images_fast(body, self.shape)
             if fast is not None:  # the plain form, without Python objects per pixel
                 return codecs.checked_images(fast[1], fast[0], cfg.max_items_per_request,
                                              self.shape), None
-            payload = parse_json(body)
-            if not isinstance(payload, dict):
-                raise InvalidInput("expected a JSON object with 'instances'", field="body")
-            key = "instances" if "instances" in payload else "inputs"
-            if key not in payload:
-                shapes = ", ".join(str([-1, *s]) for s in codecs.image_shapes(self.shape))
-                raise InvalidInput(f"missing 'instances': a tensor of one of the shapes {shapes} "
-                                   f"(-1: the batch)", field="instances")
-            images = codecs.decode_json_images(payload[key], cfg.max_items_per_request, key, self.shape)
-            return images, payload.get("top_k")
+            return self._json_images(body, cfg)
         if media in NPY_TYPES:
             return codecs.decode_npy(body, cfg.max_items_per_request, self.shape), None
         if media.startswith("image/"):
@@ -291,6 +290,19 @@ class ImageClassifier(Kind):
         raise unsupported(request, "application/json, application/x-npy, image/* or "
                                    "multipart/form-data")
 
+    def _json_images(self, body: bytes, cfg: ServeConfig) -> tuple[np.ndarray, Any]:
+        """Any JSON image body through orjson: its checked pixels and its ``top_k``."""
+        payload = parse_json(body)
+        if not isinstance(payload, dict):
+            raise InvalidInput("expected a JSON object with 'instances'", field="body")
+        key = "instances" if "instances" in payload else "inputs"
+        if key not in payload:
+            shapes = ", ".join(str([-1, *s]) for s in codecs.image_shapes(self.shape))
+            raise InvalidInput(f"missing 'instances': a tensor of one of the shapes {shapes} "
+                               f"(-1: the batch)", field="instances")
+        images = codecs.decode_json_images(payload[key], cfg.max_items_per_request, key, self.shape)
+        return images, payload.get("top_k")
+
     async def decode_files(self, cfg: ServeConfig, files: list[tuple[str, bytes]]) -> np.ndarray:
         """Image files (``(name, bytes)``: any size, mode and format) → [N, C, H, W] pixels in
         [0, 1], in the bounded decode pool, within the item and pixel limits (also the typed
@@ -298,7 +310,9 @@ class ImageClassifier(Kind):
         return await _off_loop(cfg, codecs.decode_images, files, cfg.max_items_per_request,
                                cfg.max_image_pixels, cfg.max_request_pixels, self._photo)
 
-    def _normalized(self, pixels: np.ndarray) -> np.ndarray:
+    def _normalized(self, pixels: np.ndarray | Deferred) -> np.ndarray | Deferred:
+        if isinstance(pixels, Deferred):  # float32 pixels once filled; no mean or std to apply
+            return pixels
         if self.mean is not None:
             pixels = pixels - self.mean
         if self.std is not None:
@@ -312,15 +326,19 @@ class ImageClassifier(Kind):
 
     # -- /v1 ------------------------------------------------------------------------------------
     async def v1_predict(self, call: Call) -> dict[str, Any] | Response:
-        images, top_k = await self._decode(call)
         request = call.request
+        preview = self.digits and query_param(request, "preview") in ("1", "true")
+        # A plain JSON body is parsed with its batch (``codecs.JsonImages``) unless its pixels
+        # are wanted here (a preview) or must be normalized first.
+        images, top_k = await self._decode(call, defer=not preview and self.mean is None
+                                           and self.std is None)
         k = self.top_k(top_k if top_k is not None else query_param(request, "top_k"),
                        call.plane.config)
         scores = await self.scores(call.plane, call.loaded, images)
         if call.wants_npy:
             return npy_response(codecs.softmax(scores).astype(np.float32, copy=False))
         predictions = self.predictions(scores, k)
-        if self.digits and query_param(request, "preview") in ("1", "true"):
+        if preview:
             for prediction, image in zip(predictions, images, strict=True):  # issue 12: what the model saw
                 prediction["preview"] = digits.preview_png(image)
         return {"predictions": predictions}
