@@ -95,10 +95,15 @@ def as_image_batch(array: np.ndarray, field: str, max_items: int,
                            f"images; send {send}", field=field)
     if batch.shape[0] == 0:
         raise InvalidInput("empty batch: no images", field=field)
-    if batch.shape[0] > max_items:
-        raise PayloadTooLarge(f"{batch.shape[0]} images in one request; the limit is {max_items}",
-                              field=field)
+    check_image_count(batch.shape[0], max_items, field)
     return batch
+
+
+def check_image_count(count: int, max_items: int, field: str) -> None:
+    """413 for more than ``max_items`` images in one request."""
+    if count > max_items:
+        raise PayloadTooLarge(f"{count} images in one request; the limit is {max_items}",
+                              field=field)
 
 
 # Native float dtype → (the unsigned integer of its size, the bits of 1.0): for non-negative
@@ -264,9 +269,7 @@ class JsonImages(Deferred):
         if form is None:
             return None
         key, count, item, floats = form
-        if count > max_items:
-            raise PayloadTooLarge(f"{count} images in one request; the limit is {max_items}",
-                                  field=key)
+        check_image_count(count, max_items, key)
         return cls(body, key, count, item, floats, shape, fallback)
 
     def fill(self, out: np.ndarray) -> None:
@@ -381,7 +384,7 @@ def encode_npy(array: np.ndarray) -> bytes:
 def decode_npy(body: bytes, max_items: int, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     """An ``.npy`` body of images → a checked float32 [N, C, H, W] batch in [0, 1]."""
     array = read_npy(body, max_items, "images")
-    return normalize_pixels(as_image_batch(array, "body", max_items, shape), "body")
+    return checked_images(array, "body", max_items, shape)
 
 
 # ------------------------------------------------------------------------------------- images
@@ -451,9 +454,7 @@ def decode_images(files: list[tuple[str, bytes]], max_items: int, max_pixels: in
     the service runs it in its decode pool, off the event loop."""
     if not files:
         raise InvalidInput("no image in the request", field="images")
-    if len(files) > max_items:
-        raise PayloadTooLarge(f"{len(files)} images in one request; the limit is {max_items}",
-                              field="images")
+    check_image_count(len(files), max_items, "images")
     images = [(name, open_image(data, name, max_pixels)) for name, data in files]
     total = sum(image.width * image.height for _, image in images)
     if total > max_request_pixels:

@@ -273,8 +273,8 @@ class ImageClassifier(Kind):
             if defer:
                 later = codecs.JsonImages.of(body, self.shape, cfg.max_items_per_request,
                                              lambda: self._json_images(body, cfg)[0])
-                if later is not None:
-                    return later, None
+                # None: not the plain form, which the simdjson path below would decline too
+                return (later, None) if later is not None else self._json_images(body, cfg)
             fast = codecs.json_images_fast(body, self.shape)
             if fast is not None:  # the plain form, without Python objects per pixel
                 return codecs.checked_images(fast[1], fast[0], cfg.max_items_per_request,
