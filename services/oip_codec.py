@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in {
 _DATATYPES = {dtype: name for name, dtype in DTYPES.items()}  # little-endian dtype → OIP datatype
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}  # target kind → JSON kinds accepted
 _LENGTH = struct.Struct("<I")
+# dtype byte orders already little-endian on the wire: "<", "|" (one byte), and "=" (native)
+# where the machine is little-endian.
+_LITTLE_ORDERS = frozenset("<|=") if sys.byteorder == "little" else frozenset("<|")
 
 
 @dataclass
@@ -146,6 +150,41 @@ def _bytes_elements(name: str, buf: memoryview, count: int) -> np.ndarray:
     return array
 
 
+# A client sends the same JSON header before every request's tensors of one shape (tritonclient,
+# perf_analyzer, any loop over a dataset): decoding and checking it (orjson, every field) cost
+# ~6 µs of a ~9 µs decode (issue 15: OIP binary no slower than /v1 JSON). A header that checked
+# out, names no request ``id`` (an id makes every header new) and sends every tensor binary is
+# kept here by its bytes; the next request with those bytes only cuts its tensors out of the
+# body. Bounded: past ``PLAN_CACHE_MAX`` headers it starts again from empty.
+PLAN_CACHE_MAX = 256
+PLAN_HEADER_MAX = 2048  # bytes: a longer header is decoded every time
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A checked all-binary header: what a request with it holds, less the tensors' bytes."""
+
+    parameters: dict[str, Any]
+    inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, size
+    outputs: dict[str, bool] | None
+    binary_default: bool
+
+    def request(self, binary: memoryview) -> Request:
+        inputs: dict[str, Tensor] = {}
+        offset = 0
+        for name, datatype, shape, size in self.inputs:
+            _check_remaining(name, size, len(binary) - offset)
+            inputs[name] = Tensor(name, datatype, _from_binary(name, datatype, shape,
+                                                               binary[offset:offset + size]))
+            offset += size
+        _check_trailing(len(binary) - offset)
+        return Request(None, inputs, dict(self.parameters),
+                       None if self.outputs is None else dict(self.outputs), self.binary_default)
+
+
+_plans: dict[bytes, _Plan] = {}
+
+
 def decode_request(body: bytes, header_length: str | None) -> Request:
     """An inference request: the JSON header, then (binary extension) the raw tensor bytes."""
     if header_length is None:
@@ -159,6 +198,41 @@ def decode_request(body: bytes, header_length: str | None) -> Request:
             raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} must be a length within the "
                                f"{len(body)}-byte body", field=HEADER_LENGTH)
         header, binary = body[:size], memoryview(body)[size:]
+    if header_length is None:  # JSON tensors: nothing to keep
+        return _decode(header, binary, header_length)[0]
+    key = header if type(header) is bytes else bytes(header)  # a big body may be a bytearray
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan.request(binary)
+    request, sizes = _decode(header, binary, header_length)
+    if request.id is None and len(key) <= PLAN_HEADER_MAX and len(sizes) == len(request.inputs):
+        if len(_plans) >= PLAN_CACHE_MAX:
+            _plans.clear()
+        _plans[key] = _Plan(dict(request.parameters),
+                            tuple((t.name, t.datatype, t.array.shape, sizes[t.name])
+                                  for t in request.inputs.values()),
+                            None if request.outputs is None else dict(request.outputs),
+                            request.binary_default)
+    return request
+
+
+def _check_remaining(name: str, size: int, remaining: int) -> None:
+    if size > remaining:
+        raise InvalidInput(f"input {name!r}: binary_data_size {size} but only {remaining} bytes "
+                           f"of tensor data remain in the body",
+                           field=f"{name}.parameters.binary_data_size")
+
+
+def _check_trailing(extra: int) -> None:
+    if extra:
+        raise InvalidInput(f"the body has {extra} bytes after the last binary tensor; "
+                           f"binary_data_size values and the body do not match", field="body")
+
+
+def _decode(header: bytes, binary: memoryview, header_length: str | None
+            ) -> tuple[Request, dict[str, int]]:
+    """``decode_request`` without the plan cache: every field of the header checked; and the
+    binary_data_size of each binary tensor."""
     if not header:
         raise InvalidInput("empty body: expected a JSON inference request", field="body")
     try:
@@ -176,6 +250,7 @@ def decode_request(body: bytes, header_length: str | None) -> Request:
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors", field="inputs")
     inputs: dict[str, Tensor] = {}
+    sizes: dict[str, int] = {}
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -198,17 +273,12 @@ def decode_request(body: bytes, header_length: str | None) -> Request:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative "
                                    f"integer", field=f"{name}.parameters.binary_data_size")
-            if offset + size > len(binary):
-                raise InvalidInput(f"input {name!r}: binary_data_size {size} but only "
-                                   f"{len(binary) - offset} bytes of tensor data remain in the body",
-                                   field=f"{name}.parameters.binary_data_size")
+            _check_remaining(name, size, len(binary) - offset)
             array = _from_binary(name, datatype, shape, binary[offset:offset + size])
             offset += size
+            sizes[name] = size
         inputs[name] = Tensor(name, datatype, array)
-    if offset != len(binary):
-        raise InvalidInput(f"the body has {len(binary) - offset} bytes after the last binary "
-                           f"tensor; binary_data_size values and the body do not match",
-                           field="body")
+    _check_trailing(len(binary) - offset)
     request = Request(request_id, inputs, parameters,
                       binary_default=bool(parameters.get("binary_data_output", False)))
     raw_outputs = payload.get("outputs")
@@ -225,7 +295,7 @@ def decode_request(body: bytes, header_length: str | None) -> Request:
                 raise InvalidInput("the classification extension is not supported; ask for "
                                    "'label' or 'probabilities'", field=raw["name"])
             request.outputs[raw["name"]] = bool(params.get("binary_data", request.binary_default))
-    return request
+    return request, sizes
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -267,11 +337,12 @@ def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray,
         datatype = datatype_of(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            if datatype == "BYTES":
-                raw = b"".join(_LENGTH.pack(len(b)) + b for b in array.ravel())
+            if datatype == "BYTES":  # a list, not a generator: ~1.5 µs less for one label
+                raw = b"".join([_LENGTH.pack(len(b)) + b for b in array.ravel().tolist()])
+            elif array.dtype.byteorder in _LITTLE_ORDERS:
+                raw = array.tobytes()  # row-major
             else:
-                little = array.dtype.newbyteorder("<")
-                raw = (array if array.dtype == little else array.astype(little)).tobytes()  # row-major
+                raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":

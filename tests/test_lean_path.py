@@ -286,6 +286,49 @@ def test_a_real_server_refuses_one_bad_plain_body_among_a_batch_alone(server: Se
     assert [s for s, _ in alone] == [s for s, _ in together]
 
 
+def test_a_real_server_refuses_one_bad_oip_tensor_among_a_batch_alone(server: Server) -> None:
+    """OIP binary image tensors are checked when their batch forms (``codecs.PixelsLater``):
+    sent together, a tensor with a pixel out of range (or NaN) gets its named 400 and every other
+    one the answer it gets alone — float32 and uint8 tensors in the same batches."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    rng = np.random.default_rng(15)
+    tensors: list[np.ndarray] = []
+    for i in range(24):
+        pixels = rng.integers(0, 256, (1 + i % 3, 1, 28, 28))
+        tensors.append(pixels.astype(np.uint8) if i % 4 == 1 else (pixels / 255).astype(np.float32))
+    bad = {3: 1.5, 10: float("nan"), 18: -0.25}
+    for i, value in bad.items():
+        tensors[i][-1, 0, 27, 27] = value
+
+    def ask(pixels: np.ndarray) -> tuple[int, Any]:
+        header = json.dumps({"inputs": [{
+            "name": "image", "shape": list(pixels.shape), "datatype": "UINT8" if pixels.dtype == np.uint8
+            else "FP32", "parameters": {"binary_data_size": pixels.nbytes}}],
+            "outputs": [{"name": "probabilities"}]}).encode()
+        with server.client() as client:
+            r = client.post("/v2/models/mnist-cnn/infer", content=header + pixels.tobytes(),
+                            headers={"Inference-Header-Content-Length": str(len(header)),
+                                     "Content-Type": "application/octet-stream"})
+        return r.status_code, r.json()
+
+    alone = [ask(t) for t in tensors]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(ask, tensors))
+    for i, (status, answer) in enumerate(together):
+        if i in bad:
+            assert status == 400 and answer["field"] == "image", answer
+            assert ("NaN" if i == 10 else "[0, 1]") in answer["error"]
+        else:
+            assert status == 200, answer
+            got, want = (np.array(a["outputs"][0]["data"]) for a in (answer, alone[i][1]))
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    assert [s for s, _ in alone] == [s for s, _ in together]
+
+
 def test_a_real_server_answers_hot_path_mistakes_in_json(server: Server) -> None:
     with server.client() as client:
         r = client.get("/v1/models/mnist-cnn/predict")

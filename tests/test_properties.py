@@ -573,3 +573,112 @@ def test_the_digit_pipelines_median_is_numpys_to_the_bit(values: np.ndarray) -> 
 
     ours, numpy = _median(values), np.median(values)
     assert ours.dtype == numpy.dtype and ours.tobytes() == numpy.tobytes(), (ours, numpy)
+
+
+def _decoded(body: bytes | bytearray, length: str | None) -> tuple[Any, ...]:
+    """``decode_request``'s outcome, comparable: every field and each tensor's bytes, or the
+    refusal."""
+    try:
+        r = oip_codec.decode_request(body, length)
+    except PodiumError as exc:
+        return "refused", exc.status, exc.message
+    return ("ok", r.id, r.parameters, r.outputs, r.binary_default,
+            {n: (t.datatype, t.array.dtype.str, t.array.shape,
+                 t.array.tolist() if t.array.dtype == object else t.array.tobytes())
+             for n, t in r.inputs.items()})
+
+
+binary_tensors = hnp.arrays(st.sampled_from(["<f4", "u1", "<i8"]),
+                            hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
+
+
+@SETTINGS
+@given(oip_requests, st.binary(max_size=64), st.binary(max_size=64))
+def test_oip_a_kept_header_decodes_as_a_fresh_one(payload: dict[str, Any], tail: bytes,
+                                                   other: bytes) -> None:
+    """Issue 15: a checked all-binary header is kept by its bytes (``oip_codec._plans``); any
+    body behind it — the same tensors, other bytes, too few, too many — is decoded or refused
+    exactly as with nothing kept."""
+    header = json.dumps(payload).encode()
+    length = str(len(header))
+    for body in (header + tail, header + other):
+        oip_codec._plans.clear()
+        fresh = _decoded(body, length)
+        for warm in (header + tail, header + other, body):
+            _decoded(warm, length)  # keeps the header's plan where it is one
+            assert _decoded(body, length) == fresh
+
+
+@SETTINGS
+@given(st.lists(binary_tensors, min_size=1, max_size=3), st.integers(-3, 3), st.booleans(),
+       st.booleans())
+def test_oip_binary_requests_decode_alike_kept_or_not(arrays: list[np.ndarray], extra: int,
+                                                      outputs: bool, big: bool) -> None:
+    """The headers clients send (every tensor binary, sizes that match) through the kept plan:
+    the same tensors as a fresh decode, and a body a few bytes short or long refused alike;
+    a body read in place (a ``bytearray``) alike."""
+    inputs = [{"name": f"t{i}", "datatype": oip_codec.datatype_of(a), "shape": list(a.shape),
+               "parameters": {"binary_data_size": a.nbytes}} for i, a in enumerate(arrays)]
+    payload: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if outputs:
+        payload["outputs"] = [{"name": "label", "parameters": {"binary_data": False}}]
+    header = json.dumps(payload).encode()
+    length = str(len(header))
+    exact = b"".join(a.tobytes() for a in arrays)
+    raw = exact[:len(exact) + extra] if extra < 0 else exact + b"\0" * extra
+    body: bytes | bytearray = bytearray(header + raw) if big else header + raw
+    oip_codec._plans.clear()
+    fresh = _decoded(body, length)
+    assert (fresh[0] == "ok") == (extra == 0), fresh
+    assert (header in oip_codec._plans) == (extra == 0)
+    oip_codec.decode_request(header + exact, length)  # kept now, whatever ``body`` did
+    assert header in oip_codec._plans
+    assert _decoded(body, length) == fresh
+    kept = oip_codec.decode_request(header + exact, length)
+    for a, tensor in zip(arrays, kept.inputs.values(), strict=True):
+        np.testing.assert_array_equal(tensor.array, a)
+        assert tensor.array.dtype == a.dtype
+    kept.parameters["binary_data_output"] = False  # the caller's copies, not the plan's
+    if kept.outputs is not None:
+        kept.outputs["label"] = True
+    assert _decoded(body, length) == fresh
+
+
+def test_oip_headers_kept_are_bounded_and_never_those_with_an_id() -> None:
+    oip_codec._plans.clear()
+    raw = np.zeros(4, "<f4").tobytes()
+    for i in range(oip_codec.PLAN_CACHE_MAX + 10):
+        header = json.dumps({"inputs": [{"name": f"x{i}", "datatype": "FP32", "shape": [4],
+                                         "parameters": {"binary_data_size": 16}}]}).encode()
+        oip_codec.decode_request(header + raw, str(len(header)))
+        assert 0 < len(oip_codec._plans) <= oip_codec.PLAN_CACHE_MAX
+    oip_codec._plans.clear()
+    header = json.dumps({"id": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
+                                                "parameters": {"binary_data_size": 16}}]}).encode()
+    assert oip_codec.decode_request(header + raw, str(len(header))).id == "a"
+    mixed = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
+                                    "parameters": {"binary_data_size": 16}},
+                                   {"name": "y", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    oip_codec.decode_request(mixed.encode() + raw, str(len(mixed)))
+    assert not oip_codec._plans
+
+
+@SETTINGS
+@given(hnp.arrays(st.sampled_from(["u1", "<i8", "<i2", "<f4", "<f8", "<f2", "?"]),
+                  st.tuples(st.integers(1, 3), st.just(1), st.integers(1, 3), st.integers(1, 3))))
+def test_oip_pixels_checked_with_their_batch_are_normalize_pixels(batch: np.ndarray) -> None:
+    """Issue 15: an OIP image tensor's pixels are checked when its batch forms
+    (``codecs.PixelsLater``): filled into a batch's rows or alone, the same float32 bits as
+    ``normalize_pixels``, or the same refusal — a dtype that is no number refused at once."""
+    want = _outcome(codecs.normalize_pixels, batch, "image")
+    try:
+        later = codecs.PixelsLater(batch, "image")
+    except PodiumError as exc:
+        assert batch.dtype == np.bool_ and want == ("refused", (exc.status, exc.message))
+        return
+    assert later.dtype == np.float32 and later.shape == batch.shape and later.size == batch.size
+    rows = np.full((batch.shape[0] + 2, *batch.shape[1:]), np.nan, np.float32)
+    for got in (_outcome(lambda: later.fill(rows[1:-1]) or rows[1:-1]), _outcome(later.array)):
+        _assert_same(got, want)
+    if want[0] == "ok":
+        assert np.isnan(rows[0]).all() and np.isnan(rows[-1]).all()  # its rows only

@@ -366,15 +366,18 @@ class ImageClassifier(Kind):
 
     async def infer(self, plane: DataPlane, loaded: LoadedVersion, inputs: dict[str, np.ndarray],
                     parameters: dict[str, Any], wanted: set[str]) -> dict[str, np.ndarray]:
-        (port,) = self.inputs()
-        image = inputs[port.name]
+        name = self.spec.inputs[0].name  # the one input port's (``inputs``)
+        image = inputs[name]
         if image.ndim < 2 or image.shape[1:] not in codecs.image_shapes(self.shape):
             send = " or ".join(str([-1, *s]) for s in codecs.image_shapes(self.shape))
-            raise InvalidInput(f"input {port.name!r}: shape {list(image.shape)} is not a batch of "
+            raise InvalidInput(f"input {name!r}: shape {list(image.shape)} is not a batch of "
                                f"{'×'.join(map(str, self.shape))} images; send {send}",
-                               field=f"{port.name}.shape")
+                               field=f"{name}.shape")
         check_items(image.shape[0], "images", plane.config.max_items_per_request)
-        pixels = codecs.normalize_pixels(image.reshape(-1, *self.shape), port.name)
+        image = image.reshape(-1, *self.shape)
+        # Checked with the batch when no mean or std is to be applied first (``PixelsLater``).
+        pixels = (codecs.PixelsLater(image, name) if self.mean is None and self.std is None
+                  else codecs.normalize_pixels(image, name))
         scores = await self.scores(plane, loaded, pixels)
         out = {self.spec.outputs[0].name: scores}
         if "probabilities" in wanted:
