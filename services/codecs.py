@@ -121,8 +121,7 @@ def normalize_pixels(batch: np.ndarray, field: str, out: np.ndarray | None = Non
     range check, integers become float32 in one multiply, and a float batch is checked by its
     min and max alone — NaN makes both NaN and infinities fall outside [0, 1], so the pass that
     tells them apart runs only when the batch is refused."""
-    if batch.dtype == np.bool_ or batch.dtype.kind not in "uif":
-        raise InvalidInput(f"pixels must be numbers, got dtype {batch.dtype}", field=field)
+    check_pixel_dtype(batch, field)
     if batch.dtype.kind in "ui":
         if batch.dtype != np.uint8 and batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InvalidInput("integer pixels must be in 0–255", field=field)
@@ -140,6 +139,12 @@ def normalize_pixels(batch: np.ndarray, field: str, out: np.ndarray | None = Non
             raise InvalidInput("pixels contain NaN or infinity", field=field)
         raise InvalidInput("float pixels must be in [0, 1]; send integers for 0–255", field=field)
     return cast
+
+
+def check_pixel_dtype(batch: np.ndarray, field: str) -> None:
+    """400 unless ``batch`` holds numbers (integers or floats; not booleans)."""
+    if batch.dtype == np.bool_ or batch.dtype.kind not in "uif":
+        raise InvalidInput(f"pixels must be numbers, got dtype {batch.dtype}", field=field)
 
 
 def _as_float32(batch: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -292,8 +297,7 @@ class PixelsLater(Deferred):
     dtype = np.dtype(np.float32)
 
     def __init__(self, batch: np.ndarray, field: str) -> None:
-        if batch.dtype == np.bool_ or batch.dtype.kind not in "uif":  # refused now, as eagerly
-            normalize_pixels(batch, field)
+        check_pixel_dtype(batch, field)  # refused now, as eagerly
         self.batch, self.field, self.shape, self.size = batch, field, batch.shape, batch.size
 
     def fill(self, out: np.ndarray) -> None:

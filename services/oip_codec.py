@@ -173,9 +173,7 @@ class _Plan:
         inputs: dict[str, Tensor] = {}
         offset = 0
         for name, datatype, shape, size in self.inputs:
-            _check_remaining(name, size, len(binary) - offset)
-            inputs[name] = Tensor(name, datatype, _from_binary(name, datatype, shape,
-                                                               binary[offset:offset + size]))
+            inputs[name] = Tensor(name, datatype, _cut(name, datatype, shape, binary, offset, size))
             offset += size
         _check_trailing(len(binary) - offset)
         return Request(None, inputs, dict(self.parameters),
@@ -213,11 +211,14 @@ def decode_request(body: bytes, header_length: str | None) -> Request:
     return request
 
 
-def _check_remaining(name: str, size: int, remaining: int) -> None:
-    if size > remaining:
-        raise InvalidInput(f"input {name!r}: binary_data_size {size} but only {remaining} bytes "
-                           f"of tensor data remain in the body",
+def _cut(name: str, datatype: str, shape: tuple[int, ...], binary: memoryview, offset: int,
+         size: int) -> np.ndarray:
+    """The binary tensor of ``size`` bytes at ``offset`` of the body's tensor data."""
+    if size > len(binary) - offset:
+        raise InvalidInput(f"input {name!r}: binary_data_size {size} but only "
+                           f"{len(binary) - offset} bytes of tensor data remain in the body",
                            field=f"{name}.parameters.binary_data_size")
+    return _from_binary(name, datatype, shape, binary[offset:offset + size])
 
 
 def _check_trailing(extra: int) -> None:
@@ -270,8 +271,7 @@ def _decode(header: bytes, binary: memoryview, header_length: str | None
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative "
                                    f"integer", field=f"{name}.parameters.binary_data_size")
-            _check_remaining(name, size, len(binary) - offset)
-            array = _from_binary(name, datatype, shape, binary[offset:offset + size])
+            array = _cut(name, datatype, shape, binary, offset, size)
             offset += size
             sizes[name] = size
         inputs[name] = Tensor(name, datatype, array)
