@@ -117,6 +117,25 @@ def test_onnxruntime_reproduces_torchscript_on_real_data(tiny_store: Path, name:
     assert np.array_equal(got[0].argmax(-1), want[0].numpy().argmax(-1))
 
 
+def test_exported_convolutions_padded_for_onnx_runtime(tiny_store: Path) -> None:
+    """The export pads a convolution's channels only convolutions read to whole NCHWc blocks
+    (``training.onnx_layout``): mnist-cnn's first (10 → 16, read by the second), GoogLeNet's
+    first two; the convolution a reshape reads keeps its 20. The test above proves the padded
+    files equal to TorchScript (unpadded) on real images."""
+    import onnx
+    from onnx import numpy_helper
+
+    def conv_channels(name: str) -> list[tuple[int, int]]:
+        model = onnx.load(str(stored(tiny_store, name)[0].path / ONNX_FILE))
+        weights = {i.name: i for i in model.graph.initializer}
+        return [tuple(numpy_helper.to_array(weights[n.input[1]]).shape[:2])
+                for n in model.graph.node if n.op_type == "Conv"]
+
+    assert conv_channels("mnist-cnn") == [(16, 1), (20, 16)]
+    googlenet = conv_channels("mnist-googlenet")
+    assert googlenet[0] == (16, 1) and (24, 88) in googlenet
+
+
 def test_podium_models_and_bentoml_models_list_agree(tiny_store: Path) -> None:
     table = run_podium("models", store=tiny_store).stdout
     rows = json.loads(run_podium("models", "--json", store=tiny_store).stdout)

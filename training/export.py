@@ -21,6 +21,7 @@ import numpy as np
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
 from models.labels import labels_of
+from training.onnx_layout import pad_file
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +41,16 @@ def _export_names(spec: ModelSpec) -> tuple[list[str], list[str]]:
 
 
 def export_onnx(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """The serving module as ONNX, its convolutions' channels padded for ONNX Runtime's CPU
+    kernels where only convolutions read them (``training.onnx_layout``); the parity proof runs
+    on this file."""
     inputs, outputs = _export_names(spec)
-    return write_onnx(module, example, path, inputs, outputs, dynamic_axes=spec.export_axes)
+    write_onnx(module, example, path, inputs, outputs, dynamic_axes=spec.export_axes)
+    for change in pad_file(path):
+        print(f"podium: {spec.name}: ONNX convolution {change['node']}: {change['channels']} → "
+              f"{change['padded']} output channels (zero-padded for ONNX Runtime's NCHWc kernels)",
+              file=sys.stderr, flush=True)
+    return path
 
 
 def write_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
