@@ -144,6 +144,13 @@ def test_whole_blocks_and_shared_weights_are_left_alone() -> None:
     new, changed = padded(model)
     assert [c["node"] for c in changed] == []
     assert new.SerializeToString() == model.SerializeToString()
+    # a weight that is also a graph input (old exporters list them) may be fed by a caller
+    g = Graph()
+    c2 = g.conv(g.op("Relu", g.conv("x", 1, 10)), 10, 4)
+    model = g.model(c2)
+    model.graph.input.append(helper.make_tensor_value_info(f"{c2}.w", TensorProto.FLOAT,
+                                                           [4, 10, 3, 3]))
+    assert pad_conv_channels(model) == []
 
 
 def test_branches_through_pooling_all_padded_and_equal() -> None:

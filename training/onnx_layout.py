@@ -4,19 +4,21 @@ kernels.
 ONNX Runtime's CPU provider runs a convolution in its blocked NCHWc layout (``NchwcTransformer``,
 graph optimization level ALL) only when the channel counts are whole blocks (8 floats on AVX2);
 otherwise it falls back to im2col and a small GEMM. mnist-cnn's second convolution reads the
-first one's 10 channels and stayed on the slow path: 30-35 µs of its ~40-55 µs an image at
-batches of 8-64 (ONNX Runtime 1.32, 1 thread, its per-node profile). With the 10 channels padded
-to 16 — the first convolution given 6 more output channels of zero weights and zero bias, the
-second 6 more input channels of zero weights — both run NCHWc and an image costs ~30 µs instead
-of ~50 at batch 32 (results/bench/NOTES.md). The padded channels carry exact zeros (or, through
-an activation, a constant) into weights that are all zero, so the outputs are the same sums; the
-export's parity proof then runs on the padded file as on any other.
+first one's 10 channels and stayed on the slow path: 29-35 µs of an image's 55-59 µs at batches
+of 8 and 32 (ONNX Runtime 1.32, 1 thread, its per-node profile). With the 10 channels padded to
+16 — the first convolution given 6 more output channels of zero weights and zero bias, the second
+6 more input channels of zero weights — both run NCHWc: an image at batch 32 took 32-36 µs
+instead of 52-56, old and padded sessions alternating in one process (results/bench/NOTES.md).
+The padded channels carry exact zeros (or, through an activation, a constant) into weights that
+are all zero, so the outputs are the same sums; the export's parity proof then runs on the padded
+file as on any other.
 
 A convolution is padded only when nothing but convolutions read its channels: its output passes
 only through channel-wise operators (``CHANNELWISE``: activations, pooling) with one data input,
 and every path ends in a plain (``group`` 1) convolution that reads it as its data input. Any
 other reader (a reshape, a concatenation, an addition, a graph output), a grouped convolution, a
-weight not stored in the graph or shared with another node, leaves that convolution as it was.
+weight not stored in the graph, shared with another node or also a graph input (a caller could
+feed it), leaves that convolution as it was.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _plan(graph: Any, conv: Any, readers: dict[str, list[Any]], uses: dict[str, int],
-          weights: dict[str, Any], outputs: set[str]) -> tuple[list[str], list[Any]] | None:
+def _plan(conv: Any, readers: dict[str, list[Any]], uses: dict[str, int], weights: dict[str, Any],
+          outputs: set[str]) -> tuple[list[str], list[Any]] | None:
     """The tensors between ``conv`` and the convolutions that read its channels, and those
     convolutions; None when something else reads them (module docstring)."""
     tensors, convs, todo = [], [], [conv.output[0]]
@@ -74,7 +76,8 @@ def pad_conv_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> list[dict
     from onnx import numpy_helper
 
     graph = model.graph
-    weights = {init.name: init for init in graph.initializer}
+    fed = {i.name for i in graph.input}  # an initializer also listed as an input may be fed
+    weights = {init.name: init for init in graph.initializer if init.name not in fed}
     readers: dict[str, list[Any]] = {}
     uses: dict[str, int] = {}
     for node in graph.node:
@@ -96,7 +99,7 @@ def pad_conv_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> list[dict
         padded = -(-channels // multiple) * multiple
         if padded == channels:
             continue
-        plan = _plan(graph, conv, readers, uses, weights, outputs)
+        plan = _plan(conv, readers, uses, weights, outputs)
         if plan is None:
             continue
         tensors, convs = plan
