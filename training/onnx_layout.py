@@ -44,7 +44,18 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _plan(conv: Any, readers: dict[str, list[Any]], uses: dict[str, int], weights: dict[str, Any],
+def _own(name: str, weights: dict[str, Any], readers: dict[str, list[Any]]) -> bool:
+    """Whether ``name`` is a weight stored in the graph (not fed) that one input alone reads."""
+    return name in weights and len(readers[name]) == 1
+
+
+def _plain_conv(node: Any, weights: dict[str, Any], readers: dict[str, list[Any]]) -> bool:
+    """A convolution of one group whose weight is its own (``_own``): one the pass may pad."""
+    return node.op_type == "Conv" and _attribute(node, "group", 1) == 1 \
+        and _own(node.input[1], weights, readers)
+
+
+def _plan(conv: Any, readers: dict[str, list[Any]], weights: dict[str, Any],
           outputs: set[str]) -> tuple[list[str], list[Any]] | None:
     """The tensors between ``conv`` and the convolutions that read its channels, and those
     convolutions; None when something else reads them (module docstring)."""
@@ -58,8 +69,7 @@ def _plan(conv: Any, readers: dict[str, list[Any]], uses: dict[str, int], weight
             if list(node.input).count(tensor) != 1 or node.input[0] != tensor:
                 return None
             if node.op_type == "Conv":
-                if _attribute(node, "group", 1) != 1 or node.input[1] not in weights \
-                        or uses[node.input[1]] != 1:
+                if not _plain_conv(node, weights, readers):
                     return None
                 convs.append(node)
             elif node.op_type in CHANNELWISE and len(node.input) == 1 and len(node.output) == 1:
@@ -78,28 +88,25 @@ def pad_conv_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> list[dict
     graph = model.graph
     fed = {i.name for i in graph.input}  # an initializer also listed as an input may be fed
     weights = {init.name: init for init in graph.initializer if init.name not in fed}
-    readers: dict[str, list[Any]] = {}
-    uses: dict[str, int] = {}
+    readers: dict[str, list[Any]] = {}  # a node once per input naming the tensor
     for node in graph.node:
         for name in node.input:
             if name:
                 readers.setdefault(name, []).append(node)
-                uses[name] = uses.get(name, 0) + 1
     outputs = {o.name for o in graph.output}
     changed: list[dict[str, Any]] = []
     for conv in list(graph.node):
-        if conv.op_type != "Conv" or _attribute(conv, "group", 1) != 1 \
-                or conv.input[1] not in weights or uses[conv.input[1]] != 1:
+        if not _plain_conv(conv, weights, readers):
             continue
         bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
-        if bias is not None and (bias not in weights or uses[bias] != 1):
+        if bias is not None and not _own(bias, weights, readers):
             continue
         kernel = numpy_helper.to_array(weights[conv.input[1]])
         channels = kernel.shape[0]
         padded = -(-channels // multiple) * multiple
         if padded == channels:
             continue
-        plan = _plan(conv, readers, uses, weights, outputs)
+        plan = _plan(conv, readers, weights, outputs)
         if plan is None:
             continue
         tensors, convs = plan
