@@ -140,6 +140,47 @@ def test_the_paired_ceiling_measurement_decides_when_there_is_one() -> None:
     assert "= 79.3 %" in "\n".join(b._section_ceiling(result))
 
 
+def _paired_naive(podium_1: float, naive_1: float, podium_2: float, naive_2: float,
+                  p99: float = 30.0) -> dict[str, Any]:
+    return {n: {"podium": dict(point(mine, p99), runs_rps=[mine] * 4),
+                "naive": dict(point(theirs), runs_rps=[theirs] * 4)}
+            for n, mine, theirs in (("1", podium_1, naive_1), ("2", podium_2, naive_2))}
+
+
+def test_the_paired_naive_measurement_decides_when_there_is_one() -> None:
+    """The naive target takes the paired A B B A figures (both servers up, best run of each, at
+    each naive worker count) over the rows measured minutes apart, either way: the lower of the
+    two worker counts' ratios, its Podium run's p99; the rows' figure is kept as information."""
+    result = passing()
+    result["podium"]["on"]["mnist-cnn/json"]["64"]["ok_rps"] = 1050.0  # the rows alone: 1.17×
+    result["naive_vs_podium"] = _paired_naive(1300, 900, 1270, 1000)   # 1.44× and 1.27×
+    verdicts = b.judge(result)
+    naive = next(v for v in verdicts if "naive" in v["target"])
+    assert naive["met"] is True and "paired" in naive["measured"], naive
+    assert "1.27×" in naive["measured"] and "(2 worker(s))" in naive["measured"]
+    info = next(v for v in verdicts if "from the rows" in v["target"])
+    assert info["met"] is None and "1.17×" in info["measured"]
+    assert not b.missed(verdicts)
+    section = "\n".join(b._section_naive(result))
+    assert "1.44×" in section and "1.27×" in section
+
+    result["podium"]["on"]["mnist-cnn/json"]["64"]["ok_rps"] = 1300.0  # now the rows would pass
+    result["naive_vs_podium"]["1"]["podium"]["ok_rps"] = 1120.0         # 1.24× at 1 worker
+    naive = next(v for v in b.judge(result) if "naive" in v["target"])
+    assert naive["met"] is False and "1.24×" in naive["measured"] and "(1 worker(s))" in naive["measured"]
+
+
+def test_the_p99_target_reads_the_paired_naive_podium_run() -> None:
+    result = passing()
+    result["podium"]["on"]["mnist-cnn/json"]["64"]["p99_ms"] = 55.0  # the row alone would miss
+    result["naive_vs_podium"] = _paired_naive(1300, 900, 1270, 1000, p99=38.0)
+    p99 = next(v for v in b.judge(result) if "p99" in v["target"])
+    assert p99["met"] is True and "38.0 ms" in p99["measured"]
+    result["podium"]["on"]["mnist-cnn/json"]["64"]["p99_ms"] = 20.0
+    result["naive_vs_podium"]["2"]["podium"]["p99_ms"] = 41.0  # the judged (lower-ratio) pairing
+    p99 = next(v for v in b.judge(result) if "p99" in v["target"])
+    assert p99["met"] is False and "41.0 ms" in p99["measured"]
+
 def test_abba_takes_each_sides_best_run_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     # each side's warm-up first (not counted: 999), then A B B A A B B A
     rates = iter([999.0, 999.0, 100.0, 300.0, 200.0, 150.0, 120.0, 250.0, 260.0, 110.0])
