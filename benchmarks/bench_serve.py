@@ -1121,12 +1121,12 @@ def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
         v.append({"target": target, "measured": measured, "met": met})
 
     cnn = _p(result, "on", "mnist-cnn/json", 64)
-    vs_naive, naive, n, naive_paired = naive_points(result)
+    vs_naive, naive, naive_workers, naive_paired = naive_points(result)
     if vs_naive and naive:
         ratio = vs_naive["ok_rps"] / naive["ok_rps"]
         add(f"mnist-cnn JSON c=64, Podium default ≥ {t['naive_factor']}× the naive FastAPI+ORT "
             f"server at its best worker count", f"{vs_naive['ok_rps']:,.0f} vs {naive['ok_rps']:,.0f} "
-            f"req/s ({n} worker(s)) = {ratio:.2f}×"
+            f"req/s ({naive_workers} worker(s)) = {ratio:.2f}×"
             + (" (paired: A B B A ×2, best run of each; the lower of the two worker counts' "
                "ratios)" if naive_paired else ""), ratio >= t["naive_factor"])
     mine, theirs, paired = ceiling_points(result)
