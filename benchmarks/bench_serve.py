@@ -1178,7 +1178,8 @@ def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
             result["ready_s"] <= t["ready_s"] and n_models == 6)
     row_naive = best_naive(result)
     if naive_paired and cnn and row_naive:
-        add("… the same from the rows, each server measured on its own minutes apart (information)",
+        add("mnist-cnn JSON c=64, Podium default vs the naive server from the rows, each measured on "
+            "its own minutes apart (information)",
             f"{cnn['ok_rps']:,.0f} vs {row_naive[1]['ok_rps']:,.0f} req/s ({row_naive[0]} "
             f"worker(s)) = {cnn['ok_rps'] / row_naive[1]['ok_rps']:.2f}×, p99 {cnn['p99_ms']:.1f} ms",
             None)
