@@ -95,6 +95,7 @@ def pad_conv_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> list[dict
                 readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     changed: list[dict[str, Any]] = []
+    stale: set[str] = set()  # tensors between a padded convolution and its readers
     for conv in list(graph.node):
         if not _plain_conv(conv, weights, readers):
             continue
@@ -118,12 +119,12 @@ def pad_conv_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> list[dict
             read = numpy_helper.to_array(weights[reader.input[1]])
             _replace(weights[reader.input[1]],
                      np.pad(read, [(0, 0), (0, extra)] + [(0, 0)] * (read.ndim - 2)))
-        # shapes recorded for the tensors in between name the old channel count
-        stale = set(tensors)
+        stale.update(tensors)
+        changed.append({"node": conv.name or conv.output[0], "channels": channels, "padded": padded})
+    if stale:  # the shapes recorded for those tensors name the old channel counts
         kept = [info for info in graph.value_info if info.name not in stale]
         del graph.value_info[:]
         graph.value_info.extend(kept)
-        changed.append({"node": conv.name or conv.output[0], "channels": channels, "padded": padded})
     return changed
 
 
