@@ -5,7 +5,8 @@ BentoML's multiprocess set-up, so every worker's samples are merged).
 takes a lock and, in BentoML's multiprocess mode, writes a memory-mapped file per value — about
 7 µs of event-loop time per request over the values a request touches (in-process, A/B). A
 deferring worker adds each observation to plain per-series sums and bucket counts instead
-(``Kept``) and writes them out (``flush``) whenever it has no request in flight and at least
+(``Kept``; a request's latency, the one observation every request makes, is one ``append`` to a
+list bucketed when written) and writes them out (``flush``) whenever it has no request in flight and at least
 every ``metrics_flush_ms`` under load (``services.worker``): ``/metrics`` shows exactly the same
 series and values, at most that much later. Not deferring (in-process apps, tests), every
 observation is written at once.
@@ -31,11 +32,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 class Kept:
     """Observations not yet written: counter child → amount; histogram child → [sum, counts per
-    bucket of its bounds and +Inf]."""
+    bucket of its bounds and +Inf]; and ``series``: a histogram's values as they came (optionally
+    each also one count of a counter), appended to a list its caller holds — one ``append`` per
+    observation on the request path, bucketed when written."""
 
     def __init__(self) -> None:
         self.counts: dict[Any, float] = {}
         self.hists: dict[Any, list[Any]] = {}
+        self._series: dict[tuple[Any, Any], tuple[tuple[float, ...], list[float]]] = {}
 
     def add(self, counter: Any, amount: float) -> None:
         counts = self.counts
@@ -48,11 +52,31 @@ class Kept:
         pending[0] += value
         pending[1][bisect_left(bounds, value)] += 1  # the first bound ≥ value: observe()'s bucket
 
+    def series(self, histogram: Any, bounds: tuple[float, ...], counter: Any = None) -> list[float]:
+        """The list whose values ``flush`` observes in ``histogram`` (and counts in ``counter``,
+        one each, if given): the same list for the same pair, emptied in place when written."""
+        found = self._series.get((histogram, counter))
+        if found is None:
+            found = self._series[(histogram, counter)] = (bounds, [])
+        return found[1]
+
     def flush(self) -> None:
         """Write the kept observations into the Prometheus values: a histogram's sum and each
         bucket's count as one addition each, where ``observe`` adds them one observation at a
         time (prometheus_client's ``_sum`` and ``_buckets``: tests/test_metrics.py holds the
         two ways equal)."""
+        for (histogram, counter), (bounds, values) in self._series.items():
+            if values:
+                pending = self.hists.get(histogram)
+                if pending is None:
+                    pending = self.hists[histogram] = [0.0, [0] * (len(bounds) + 1)]
+                pending[0] += sum(values)
+                buckets = pending[1]
+                for value in values:
+                    buckets[bisect_left(bounds, value)] += 1
+                if counter is not None:
+                    self.add(counter, len(values))
+                values.clear()
         if not (self.counts or self.hists):
             return
         counts, hists = self.counts, self.hists
@@ -96,9 +120,10 @@ class Metrics:
             name="podium_queue_duration_seconds", documentation="time a request waited for its batch",
             labelnames=["model", "version"], buckets=LATENCY_BUCKETS)
 
-        # labels() lookups cost more than the observation itself: keep the children.
+        # labels() lookups cost more than the observation itself: keep the children (and, for
+        # a request's count and latency, the list a deferring worker appends its latency to).
         self._batch_children: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any, list[float]]] = {}
         self.deferred = False
         self.kept = Kept()
 
@@ -125,8 +150,7 @@ class Metrics:
             add(item_count, items)
             add(runs, 1)
             observe(compute, LATENCY_BUCKETS, compute_s)
-            for wait in waits:
-                observe(queue_wait, LATENCY_BUCKETS, wait)
+            self.kept.series(queue_wait, LATENCY_BUCKETS).extend(waits)
             return
         size.observe(items)
         per_batch.observe(requests)
@@ -141,16 +165,15 @@ class Metrics:
         key = (model, version, endpoint, status)
         children = self._request_children.get(key)
         if children is None:
+            count = self.requests.labels(model, version, endpoint, str(status))
+            latency = self.latency.labels(model, version, endpoint)
             children = self._request_children[key] = (
-                self.requests.labels(model, version, endpoint, str(status)),
-                self.latency.labels(model, version, endpoint))
-        count, latency = children
+                count, latency, self.kept.series(latency, LATENCY_BUCKETS, count))
         if self.deferred:
-            self.kept.add(count, 1)
-            self.kept.observe(latency, LATENCY_BUCKETS, seconds)
+            children[2].append(seconds)  # counted and observed when written (``Kept.series``)
             return
-        count.inc()
-        latency.observe(seconds)
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 @functools.cache

@@ -56,3 +56,37 @@ def test_kept_observations_equal_prometheus_own_after_a_flush() -> None:
     assert b"lat_kept_bucket" in generate_latest(registry)
     kept.flush()  # nothing kept: writes nothing more
     assert _samples(registry, "n_kept") == _samples(registry, "n_direct")
+
+
+def test_a_series_written_equals_observe_and_inc_one_by_one() -> None:
+    """``Kept.series`` (a request's latency and count, one ``append`` a request): after a flush the
+    histogram and the counter hold what ``observe`` and ``inc`` one by one give; the list is
+    emptied in place, so its holder keeps appending to it; two series of one histogram (two
+    statuses of one route) add up in it."""
+    registry = CollectorRegistry()
+    rng = random.Random(16)
+    direct, later = _pair(registry, "req", LATENCY_BUCKETS)
+    count_direct = Counter("c_direct", "d", ["m"], registry=registry).labels("x")
+    ok_kept = Counter("c_kept", "k", ["m"], registry=registry).labels("x")
+    bad_kept = Counter("c_kept_bad", "k", ["m"], registry=registry).labels("x")
+    kept = Kept()
+    ok = kept.series(later, LATENCY_BUCKETS, ok_kept)
+    bad = kept.series(later, LATENCY_BUCKETS, bad_kept)
+    assert kept.series(later, LATENCY_BUCKETS, ok_kept) is ok and ok is not bad
+    for _ in range(2):
+        for i in range(400):
+            value = [rng.expovariate(300), 0.0025, 10.0, 12.0][i % 4]
+            direct.observe(value)
+            count_direct.inc()
+            (bad if i % 7 == 0 else ok).append(value)
+        kept.flush()
+        assert ok == [] and bad == []
+    kept.flush()  # nothing kept: writes nothing more
+    direct_samples, later_samples = _samples(registry, "req_direct"), _samples(registry, "req_kept")
+    assert [s[:2] for s in direct_samples] == [s[:2] for s in later_samples]
+    for (_, _, a), (_, _, b) in zip(direct_samples, later_samples, strict=True):
+        assert abs(a - b) <= 1e-9 * max(1.0, abs(a))
+    total = {n: v for n, _, v in _samples(registry, "c_direct")}["_total"]
+    ok_total = {n: v for n, _, v in _samples(registry, "c_kept")}["_total"]
+    bad_total = {n: v for n, _, v in _samples(registry, "c_kept_bad")}["_total"]
+    assert (ok_total, bad_total) == (800 - 2 * 58, 2 * 58) and ok_total + bad_total == total
