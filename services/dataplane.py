@@ -61,10 +61,13 @@ class DataPlane:
         return self.inflight <= 1
 
     def settle(self) -> None:
-        """The worker has no request in flight: write the metrics it deferred
-        (``services.metrics``)."""
+        """The worker has no request in flight, or its periodic flush is due: write the metrics
+        it deferred (``services.metrics``) and count the rollout outcomes it recorded
+        (``services.rollout.judge.Recorder``)."""
         if getattr(self.metrics, "deferred", False):  # (a test's recorder defers nothing)
             self.metrics.flush()
+        if self.rollout is not None:
+            self.rollout.drain()
 
     def repo(self) -> Repository:
         if self.repository is None or not self.repository.ready:

@@ -188,6 +188,9 @@ class CoalescingCycle(RequestResponseCycle):
     """uvicorn's request/response cycle, writing an answer's head with its first body chunk."""
 
     transport: _HeldHead
+    # uvicorn's default headers (a list it replaces once a second) and the 200 status line with
+    # them encoded: the same bytes for every answer of that second (event-loop thread only).
+    _head_200: tuple[Any, bytes] = (None, b"")
 
     def answer_whole(self, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """A whole 200 answer of the hot app (``services.http``) written at once: ``headers``
@@ -201,9 +204,12 @@ class CoalescingCycle(RequestResponseCycle):
             return False
         self.response_started = True
         self.waiting_for_100_continue = False
-        content = [STATUS_LINE[200]]
-        for name, value in self.default_headers:
-            content += (name, b": ", value, b"\r\n")
+        defaults, head = CoalescingCycle._head_200
+        if defaults is not self.default_headers:  # uvicorn's new list: a new ``date``, once a second
+            defaults = self.default_headers
+            head = STATUS_LINE[200] + b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+            CoalescingCycle._head_200 = (defaults, head)
+        content = [head]
         for name, value in headers:
             content += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
@@ -587,7 +593,7 @@ class Lifecycle:
         else:
             log.info("drained in %.2f s; stopping", time.monotonic() - started)
         if self.metrics is not None:
-            self.metrics.flush()  # what this worker observed last reaches /metrics before it exits
+            self.edge.plane.settle()  # what this worker observed last reaches /metrics before it exits
         self.server.config.timeout_graceful_shutdown = SHUTDOWN_CANCEL_S
         self.server.should_exit = True  # not handle_exit: that would re-raise SIGTERM at exit
 
@@ -601,7 +607,7 @@ class Lifecycle:
     async def flush_metrics(self, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
-            self.metrics.flush()
+            self.edge.plane.settle()  # the metrics, and the rollout outcomes recorded (under load)
 
     async def watch(self) -> None:
         cfg = self.config

@@ -13,7 +13,7 @@ import pytest
 from services.config import load_config
 from services.errors import Conflict, InvalidInput
 from services.rollout import state as t
-from services.rollout.judge import Agreement, Counts, Outcomes, verdict
+from services.rollout.judge import Agreement, Counts, Outcomes, Recorder, verdict
 from services.rollout.router import route
 from services.rollout.state import Limits, ModelRollout, State
 from services.rollout.store import FileStore, RedisStore, StoreUnavailable, open_store, redacted
@@ -95,6 +95,52 @@ def test_outcomes_window_and_slow_counts() -> None:
     snap = outcomes.snapshot(window_s=60)
     assert snap["window"] == {"requests": 3, "errors": 1, "slow": 1} and snap["requests"] == 3
     assert len(snap["recent_ms"]) == 3
+
+
+def test_recorded_outcomes_are_counted_once_each_whoever_drains_them() -> None:
+    """Issue 15: a request's outcome is queued (``Recorder.add``), counted when drained. A
+    snapshot sees every outcome added before it; the event loop and the watcher thread draining
+    at once count each outcome exactly once; a reset (a new rollout) leaves the outcomes queued
+    for the old counts out of the new ones; a queue nobody drains stays bounded."""
+    import threading
+
+    recorder = Recorder()
+    for i in range(30):
+        recorder.add("m", "1", 0.2 if i % 10 == 0 else 0.01, ok=i % 3 != 0, slow_s=0.1)
+    recorder.add("m", "2", 0.01, ok=True, slow_s=0.0)
+    versions = recorder.snapshot(lambda name: 60)["m"]["versions"]
+    assert versions["1"]["window"] == {"requests": 30, "errors": 10, "slow": 3}
+    assert versions["1"]["requests"] == 30 and len(versions["1"]["recent_ms"]) == 30
+    assert versions["2"]["window"] == {"requests": 1, "errors": 0, "slow": 0}
+
+    stop = threading.Event()
+
+    def drain_meanwhile() -> None:
+        while not stop.is_set():
+            recorder.drain()
+
+    thread = threading.Thread(target=drain_meanwhile)
+    thread.start()
+    for _ in range(20000):
+        recorder.add("m", "1", 0.01, ok=True, slow_s=0.1)
+        if _ % 1000 == 0:
+            recorder.drain()
+    stop.set()
+    thread.join()
+    assert recorder.snapshot(lambda name: 60)["m"]["versions"]["1"]["requests"] == 20030
+
+    recorder.add("m", "1", 0.01, ok=False, slow_s=0.1)  # queued for the old rollout's counts
+    recorder.reset("m", "rollout-2")
+    recorder.add("m", "1", 0.01, ok=True, slow_s=0.1)
+    fresh = recorder.snapshot(lambda name: 60)["m"]["versions"]["1"]
+    assert fresh["requests"] == 1 and fresh["errors"] == 0
+
+    small = Recorder()
+    small.PENDING_MAX = 100
+    for _ in range(1000):
+        small.add("m", "1", 0.01, ok=True, slow_s=0.1)
+    assert len(small._pending) <= 101
+    assert small.snapshot(lambda name: 60)["m"]["versions"]["1"]["requests"] == 1000
 
 
 # -- the stores ---------------------------------------------------------------------------------

@@ -231,7 +231,15 @@ class Rollout:
         self.outcomes.add(name, version, seconds, ok, self._limits(name).max_p99_ms / 1000)
 
     def record(self, loaded: LoadedVersion, seconds: float, ok: bool) -> None:
-        self._add(loaded.name, loaded.version, seconds, ok)
+        """One request's outcome (counted when the recorder is next drained: ``Recorder``)."""
+        name = loaded.name
+        plan = self.plans.get(name)  # ``_add``, inline: every request of every version comes here
+        limits = plan.limits if plan is not None and plan.limits else self.defaults
+        self.outcomes.add(name, loaded.version, seconds, ok, limits.max_p99_ms / 1000)
+
+    def drain(self) -> None:
+        """Count the outcomes recorded so far (``Recorder.drain``)."""
+        self.outcomes.drain()
 
     def mirror(self, loaded: LoadedVersion, feeds: dict[str, Any], outputs: list[Any]) -> None:
         """In shadow mode, send a copy of a stable request to the candidate, off the response path."""
