@@ -189,6 +189,16 @@ def _item_skeletons(shape: tuple[int, int, int]) -> tuple[tuple[tuple[int, ...],
     return tuple((item, skeleton(item) + b",") for item in image_shapes(shape))
 
 
+# Skeletons (a body's bytes less its numbers) read before, per image shape → their form (or
+# None): the usual request — one image, the same shape as the last — is one dict lookup on its
+# skeleton instead of the reading below (~150 bytecodes and a copy or two of the skeleton,
+# issue 15). Only short skeletons (a few images) are kept, at most ``_FORMS_MAX`` per shape;
+# when full, the cache starts over.
+_FORMS_MAX = 256
+_FORM_SKELETON_MAX = 4096  # bytes: 256 × 4 KiB at most held
+_forms: dict[tuple[int, int, int], dict[bytes, tuple[str, int, tuple[int, ...], int] | None]] = {}
+
+
 def _plain_form(body: Any, shape: tuple[int, int, int]
                 ) -> tuple[str, int, tuple[int, ...], bool] | None:
     """A plain JSON image body's key, item count, item shape and whether its numbers are floats,
@@ -196,6 +206,29 @@ def _plain_form(body: Any, shape: tuple[int, int, int]
     if not isinstance(body, (bytes, bytearray)) or len(body) > JSON_FAST_MAX_BYTES:
         return None  # (uvicorn hands a body over as a bytearray)
     rest = body.translate(None, _NUMBER_BYTES)
+    if len(rest) > _FORM_SKELETON_MAX:
+        form = _skeleton_form(rest, shape)
+    else:
+        rest = bytes(rest)
+        seen = _forms.get(shape)
+        if seen is None:
+            seen = _forms[shape] = {}
+        try:
+            form = seen[rest]
+        except KeyError:
+            if len(seen) >= _FORMS_MAX:
+                seen.clear()
+            form = seen[rest] = _skeleton_form(rest, shape)
+    if form is None:
+        return None
+    key, count, accepted, key_es = form
+    return key, count, accepted, b"." in body or b"E" in body or body.count(b"e") > key_es
+
+
+def _skeleton_form(rest: bytes | bytearray, shape: tuple[int, int, int]
+                   ) -> tuple[str, int, tuple[int, ...], int] | None:
+    """A body's skeleton (its bytes less every number byte) → its key, item count, item shape
+    and the ``e``s of its key, if it has the plain form; else None."""
     head = bytes(rest[:rest.find(b"[") + 1])
     found = _JSON_FAST_KEYS.get(head)
     if found is None or rest[-2:] != b"]}":
@@ -205,8 +238,7 @@ def _plain_form(body: Any, shape: tuple[int, int, int]
     for accepted, unit in _item_skeletons(shape):
         count, left = divmod(len(items), len(unit))
         if not left and count and items == unit * count:
-            floats = b"." in body or b"E" in body or body.count(b"e") > key_es
-            return key, count, accepted, floats
+            return key, count, accepted, key_es
     return None
 
 
@@ -521,10 +553,16 @@ def number_field(payload: dict[str, Any], key: str, default: Any, kind: type, lo
     return kind(value)
 
 
+def exps_row(row: list[float]) -> list[float]:
+    """``exp(x - max(row))`` of each of a row of Python floats: each ≤ 1, so no overflow; NaN
+    in, NaN out."""
+    top = max(row)
+    return [math.exp(x - top) for x in row]
+
+
 def softmax_row(row: list[float]) -> list[float]:
     """The softmax of one row of Python floats (float64 arithmetic)."""
-    top = max(row)
-    exps = [math.exp(x - top) for x in row]  # each ≤ 1: no overflow; NaN in, NaN out
+    exps = exps_row(row)
     total = sum(exps)
     return [e / total for e in exps]
 

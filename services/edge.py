@@ -172,14 +172,15 @@ def _json_object(body: bytearray) -> dict[str, Any] | None:
 
 
 def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
-    """Whether ``Host`` was sent, and the ``traceparent`` to echo: one pass, a plain loop."""
-    host, trace = False, None
-    for name, value in headers:
-        if name == b"host":
-            host = True
-        elif name == TRACEPARENT and len(value) <= TRACEPARENT_MAX:
-            trace = value
-    return host, trace
+    """Whether ``Host`` was sent, and the ``traceparent`` to echo (the last one sent of at most
+    ``TRACEPARENT_MAX`` bytes): one ``dict`` built in C, where a Python loop over the headers
+    cost ~70 bytecodes a request (issue 15)."""
+    last = dict(headers)  # each name's last value
+    trace = last.get(TRACEPARENT)
+    if trace is not None and len(trace) > TRACEPARENT_MAX:  # rare: an earlier short one counts
+        trace = next((v for n, v in reversed(headers)
+                      if n == TRACEPARENT and len(v) <= TRACEPARENT_MAX), None)
+    return b"host" in last, trace
 
 
 class _Flags:

@@ -86,17 +86,21 @@ class HotHeaders(Headers):
     def __init__(self, scope: dict[str, Any]) -> None:
         raw = scope["headers"]
         self._list = raw if isinstance(raw, list) else list(raw)
-        self._first = {name.decode("latin-1"): value.decode("latin-1")
-                       for name, value in reversed(self._list)}
+        # bytes name → its first bytes value, built in C; a value is decoded when looked up
+        self._first = dict(reversed(self._list))
 
     def __getitem__(self, key: str) -> str:
-        return self._first[key.lower()]
+        try:
+            return self._first[key.lower().encode("latin-1")].decode("latin-1")
+        except KeyError:
+            raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self._first.get(key.lower(), default)
+        value = self._first.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
-        return key.lower() in self._first
+        return key.lower().encode("latin-1") in self._first
 
 
 class HotRequest(Request):

@@ -45,11 +45,11 @@ class LoadedVersion:
     index: dict[str, int] = field(default_factory=dict)
     textloop: TextLoop | None = None  # a text generator's generation loop (services.kinds.text)
 
-    @property
+    @cached_property  # read several times a request (rollout, metrics, headers): kept once read
     def name(self) -> str:
         return self.spec.name
 
-    @property
+    @cached_property
     def version(self) -> str:
         return self.stored.version
 

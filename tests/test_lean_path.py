@@ -157,6 +157,13 @@ def test_traceparent_comes_back_on_every_answer_and_only_when_sent() -> None:
             long = "0" * (TRACEPARENT_MAX + 1)
             r = await client.post("/v1/models/m/predict", headers={"traceparent": long})
             assert r.status_code == 200 and "traceparent" not in r.headers
+            # Sent twice: the last one within the limit comes back.
+            other = TRACE.replace("01", "00")
+            for sent, back in (([TRACE, other], other), ([TRACE, long], TRACE),
+                               ([long, TRACE], TRACE)):
+                r = await client.post("/v1/models/m/predict",
+                                      headers=[("traceparent", v) for v in sent])
+                assert r.status_code == 200 and r.headers["traceparent"] == back, sent
     asyncio.run(run())
 
 

@@ -216,9 +216,12 @@ def ranked(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     if scores.size <= codecs.SMALL_SCORES:
         out = []
         for row in scores.tolist():
-            probs = codecs.softmax_row(row)
-            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:k]
-            out.append((order, [probs[j] for j in order]))
+            # softmax_row's arithmetic, but only the k kept probabilities divided out: the
+            # division by one positive total keeps the exponentials' order (ties: lower class first)
+            exps = codecs.exps_row(row)
+            total = sum(exps)
+            order = sorted(range(len(exps)), key=exps.__getitem__, reverse=True)[:k]
+            out.append((order, [exps[j] / total for j in order]))
         return out
     probs = codecs.softmax(scores)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
