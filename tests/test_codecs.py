@@ -111,3 +111,38 @@ def test_float32_npy_batch_is_a_view_of_the_body(digits: np.ndarray) -> None:
     eight = decode_npy(encode_npy(digits), 100)  # uint8 [N,28,28]: scaled, one new array
     assert eight.shape == (len(digits), 1, 28, 28) and eight.dtype == np.float32
     np.testing.assert_allclose(eight, batch, rtol=1e-6)
+
+
+def test_a_plain_json_forms_cache_answers_as_reading_afresh_and_stays_bounded() -> None:
+    """Issue 15: a plain JSON body's form is looked up by its skeleton (its bytes less its
+    numbers); the answer is the one reading it afresh gives — for 1 to 300 images in each item
+    shape, integers and floats, and bodies that are not the plain form — and the cache holds at
+    most ``_FORMS_MAX`` skeletons of at most ``_FORM_SKELETON_MAX`` bytes per image shape."""
+    import orjson
+
+    from services import codecs
+
+    shape = (1, 28, 28)
+    codecs._forms.pop(shape, None)
+    rng = np.random.default_rng(0)
+    for n in list(range(1, 41)) + [1, 2, 3]:  # a skeleton past _FORM_SKELETON_MAX from 6 images
+        for item in ((1, 28, 28), (28, 28), (784,)):
+            pixels = rng.integers(0, 256, (n, *item))
+            for values in (pixels.tolist(), (pixels / 255).tolist()):
+                body = orjson.dumps({"instances": values})
+                fresh = codecs._skeleton_form(body.translate(None, codecs._NUMBER_BYTES), shape)
+                got = codecs._plain_form(bytearray(body), shape)
+                assert got is not None and fresh is not None
+                assert got[:3] == fresh[:3] == ("instances", n, item)
+                assert got[3] == (b"." in body)
+                assert len(codecs._forms[shape]) <= codecs._FORMS_MAX
+    assert all(len(k) <= codecs._FORM_SKELETON_MAX for k in codecs._forms[shape])
+    for body in (b'{"instances":[[1,2],[3]]}', b'{"instances":[[1,2,3]],"top_k":2}', b'[1]',
+                 b'{"inputs":[[' + b",".join([b"0"] * 784) + b"]]}"):
+        for _ in range(2):  # read, then from the cache
+            form = codecs._plain_form(body, shape)
+            assert form == (None if not body.startswith(b'{"inputs"') else ("inputs", 1, (784,), False))
+    for i in range(3 * codecs._FORMS_MAX):  # as many distinct short skeletons, none plain
+        assert codecs._plain_form(b'{"instances":[[1]' + b",[1,1]" * i + b"]}", shape) is None
+        assert len(codecs._forms[shape]) <= codecs._FORMS_MAX
+    assert all(len(k) <= codecs._FORM_SKELETON_MAX for k in codecs._forms[shape])
