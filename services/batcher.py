@@ -60,6 +60,8 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 def _slice(array: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
     """A view of ``array[start:stop]`` along ``axis``."""
+    if not axis:  # the usual batch axis: a plain slice, no index tuple to build
+        return array[start:stop]
     return array[(slice(None),) * axis + (slice(start, stop),)]
 
 
@@ -125,6 +127,7 @@ class Batcher:
         self.model, self.version = model, version
         self.runner = runner
         self.input_axes = input_axes
+        self._first_input = next(iter(input_axes.items()))  # the input whose axis counts items
         self.output_axes = output_axes
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_s
@@ -197,7 +200,7 @@ class Batcher:
         return cost <= budget
 
     def _batch_of(self, feeds: dict[str, np.ndarray]) -> int:
-        name, axis = next(iter(self.input_axes.items()))
+        name, axis = self._first_input
         return int(feeds[name].shape[axis])
 
     async def infer(self, feeds: dict[str, np.ndarray],
@@ -311,11 +314,12 @@ class Batcher:
         batch: list[_Pending] = []
         keep: deque[_Pending] = deque()
         total, key = 0, None
-        while self._queue:
-            p = self._queue.popleft()
-            if self._expired(p, now):
+        queue, max_batch, max_latency = self._queue, self.max_batch_size, self.max_latency_s
+        while queue:
+            p = queue.popleft()
+            if (p.future.done() or now - p.enqueued > max_latency) and self._expired(p, now):
                 continue
-            if p.n > self.max_batch_size:  # an oversized request runs alone, in runs (``_run``)
+            if p.n > max_batch:  # an oversized request runs alone, in runs (``_run``)
                 if batch:
                     keep.append(p)
                     continue
@@ -324,13 +328,13 @@ class Batcher:
                 break
             if key is None:
                 key = self._key(p)
-            if total + p.n <= self.max_batch_size and self._key(p) == key:
+            if total + p.n <= max_batch and (p.key or self._key(p)) == key:
                 batch.append(p)
                 total += p.n
                 self._queued_items -= p.n
             else:
                 keep.append(p)
-                if total >= self.max_batch_size:
+                if total >= max_batch:
                     break
         keep.extend(self._queue)
         self._queue = keep
@@ -401,13 +405,17 @@ class Batcher:
             self._fail(batch, exc)
             return
         self._observe(len(batch), items, time.perf_counter() - started, waits)
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
         offset = 0
+        outs = list(zip(outputs, self.output_axes, strict=True))
         for p in batch:
+            stop = offset + p.n
             if not p.future.done():
-                p.future.set_result([
-                    _slice(o, offset, offset + p.n, ax) if len(batch) > 1 else o
-                    for o, ax in zip(outputs, self.output_axes, strict=True)])
-            offset += p.n
+                p.future.set_result([_slice(o, offset, stop, ax) for o, ax in outs])
+            offset = stop
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         error = self._failure(exc)
@@ -427,7 +435,8 @@ class Batcher:
                     p.future.set_exception(exc)
                 return {}, []
         axes = self.input_axes
-        if not any(isinstance(v, Deferred) for p in batch for v in p.feeds.values()):
+        if not any(isinstance(v, Deferred) for v in batch[0].feeds.values()) \
+                and not any(isinstance(v, Deferred) for p in batch for v in p.feeds.values()):
             return {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
                     for k, ax in axes.items()}, batch
         # Filled into the batch's own arrays, request after request: deferred feeds decode
@@ -441,21 +450,25 @@ class Batcher:
             feeds[k] = np.empty(shape, first[k].dtype)
         kept: list[_Pending] = []
         offset = 0
+        inputs = [(k, ax, feeds[k]) for k, ax in axes.items()]
         for p in batch:
-            rows = {k: _slice(feeds[k], offset, offset + p.n, ax) for k, ax in axes.items()}
+            stop = offset + p.n
+            mine = p.feeds
             try:
-                for k, value in p.feeds.items():
+                for k, ax, whole in inputs:
+                    rows = _slice(whole, offset, stop, ax)
+                    value = mine[k]
                     if isinstance(value, Deferred):
-                        value.fill(rows[k])
+                        value.fill(rows)
                     else:
-                        rows[k][...] = value
+                        rows[...] = value
+                    mine[k] = rows  # its rows of the batch (a refused request's are reused)
             except Exception as exc:  # this request's input: it alone hears why
                 if not p.future.done():
                     p.future.set_exception(exc)
                 continue
-            p.feeds.update(rows)
             kept.append(p)
-            offset += p.n
+            offset = stop
         if offset < total:  # refused requests' rows are the tail left unused
             feeds = {k: _slice(v, 0, offset, axes[k]) for k, v in feeds.items()}
         return feeds, kept
