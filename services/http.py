@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect, Request, empty_send
 from starlette.responses import Response
 
 from services.errors import InvalidInput, PayloadTooLarge, PodiumError, Unauthorized
@@ -105,13 +105,19 @@ class HotHeaders(Headers):
 
 class HotRequest(Request):
     """A Starlette ``Request`` with ``HotHeaders`` and a ``body`` that does not copy (the hot
-    app's)."""
+    app's). Its fields are set here, without ``Request.__init__``'s chain and asserts, and its
+    headers are a plain attribute (every request on the data plane reads three or more of them),
+    where Starlette's property checks ``hasattr`` at each read."""
 
-    @property
-    def headers(self) -> Headers:
-        if not hasattr(self, "_headers"):
-            self._headers = HotHeaders(self.scope)
-        return self._headers
+    headers: Headers = None  # type: ignore[assignment]  # a plain attribute, set per request
+
+    def __init__(self, scope: dict[str, Any], receive: Any) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = empty_send
+        self._stream_consumed = self._is_disconnected = False
+        self._form = None
+        self.headers = HotHeaders(scope)
 
     async def body(self) -> bytes:
         """The whole body, as Starlette's ``body`` reads it, less its copy: that one joins its
