@@ -231,3 +231,32 @@ def test_softmax_in_place_matches_the_textbook_and_keeps_float32() -> None:
         assert got.dtype == np.float32 and got.shape == shape and got.flags.c_contiguous
         assert np.allclose(got, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
         assert not np.shares_memory(got, logits)
+
+
+def test_an_all_binary_answers_cached_head_is_the_one_built_afresh() -> None:
+    """Issue 15: an all-binary answer without an ``id`` takes its JSON header from a cache keyed
+    by what decides it; the bytes equal the header built afresh (the general path, via an output
+    asked as JSON first), for several batch sizes and label lengths; an ``id`` is never cached
+    (each request's own); the cache stays bounded."""
+    oip_codec._heads.clear()
+    header = {"model_name": "m", "model_version": "1"}
+    for n in (1, 2, 1, 5, 1):
+        for labels in ([b"7"] * n, [b"seven"] * n):
+            outs = [("logits", np.arange(10 * n, dtype=np.float32).reshape(n, 10), True),
+                    ("label", np.array(labels, dtype=object), True)]
+            body, length = oip_codec.encode_response(header, outs)
+            assert length is not None
+            entries = orjson.loads(body[:length])["outputs"]
+            assert [e["shape"] for e in entries] == [[n, 10], [n]]
+            assert entries[1]["parameters"]["binary_data_size"] == n * (4 + len(labels[0]))
+            assert body[length:] == outs[0][1].tobytes() + b"".join(
+                len(b).to_bytes(4, "little") + b for b in labels)
+            # the general path (one output as JSON) writes the same entries for the binary one
+            mixed, mixed_length = oip_codec.encode_response(header, [outs[0], ("x", outs[0][1], False)])
+            assert orjson.loads(mixed[:mixed_length])["outputs"][0] == entries[0]
+    assert len(oip_codec._heads) == 6  # three batch sizes × two label lengths: one head each
+    with_id, id_length = oip_codec.encode_response({**header, "id": "r1"}, outs)
+    assert orjson.loads(with_id[:id_length])["id"] == "r1" and len(oip_codec._heads) == 6
+    for n in range(3 * oip_codec._HEADS_MAX):
+        oip_codec.encode_response(header, [("t", np.zeros((n + 1, 1), np.float32), True)])
+        assert len(oip_codec._heads) <= oip_codec._HEADS_MAX
