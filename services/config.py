@@ -124,7 +124,9 @@ class ServeConfig(BaseSettings):
         250.0, ge=0, le=60000,
         description="a worker keeps its Prometheus observations in plain sums and writes them to "
                     "/metrics whenever it has no request in flight and at least this often "
-                    "under load (~10 µs of event-loop time per request less); 0 = each at once")
+                    "under load (~10 µs of event-loop time per request less), and counts the "
+                    "rollout outcomes it queued then too; 0 = each observation at once (outcomes "
+                    "then counted when idle or read)")
     split_batches: bool = Field(
         True, description="a batch of more items than the batch size that runs the most items per "
                           "second (each warm-up size timed at load) runs as consecutive runs of "
