@@ -6,9 +6,9 @@ takes a lock and, in BentoML's multiprocess mode, writes a memory-mapped file pe
 7 µs of event-loop time per request over the values a request touches (in-process, A/B). A
 deferring worker adds each observation to plain per-series sums and bucket counts instead
 (``Kept``; a request's latency, the one observation every request makes, is one ``append`` to a
-list bucketed when written) and writes them out (``flush``) whenever it has no request in flight and at least
-every ``metrics_flush_ms`` under load (``services.worker``): ``/metrics`` shows exactly the same
-series and values, at most that much later. Not deferring (in-process apps, tests), every
+list bucketed when written) and writes them out (``flush``) whenever it has no request in flight
+and at least every ``metrics_flush_ms`` under load (``services.worker``): ``/metrics`` shows
+exactly the same series and values, at most that much later. Not deferring (in-process apps, tests), every
 observation is written at once.
 
 Names follow Triton's and BentoML's habits: request counts by status, latency, and the batch
