@@ -314,10 +314,10 @@ class Batcher:
         batch: list[_Pending] = []
         keep: deque[_Pending] = deque()
         total, key = 0, None
-        queue, max_batch, max_latency = self._queue, self.max_batch_size, self.max_latency_s
+        queue, max_batch = self._queue, self.max_batch_size
         while queue:
             p = queue.popleft()
-            if (p.future.done() or now - p.enqueued > max_latency) and self._expired(p, now):
+            if self._expired(p, now):
                 continue
             if p.n > max_batch:  # an oversized request runs alone, in runs (``_run``)
                 if batch:
@@ -328,7 +328,7 @@ class Batcher:
                 break
             if key is None:
                 key = self._key(p)
-            if total + p.n <= max_batch and (p.key or self._key(p)) == key:
+            if total + p.n <= max_batch and self._key(p) == key:
                 batch.append(p)
                 total += p.n
                 self._queued_items -= p.n
@@ -435,8 +435,7 @@ class Batcher:
                     p.future.set_exception(exc)
                 return {}, []
         axes = self.input_axes
-        if not any(isinstance(v, Deferred) for v in batch[0].feeds.values()) \
-                and not any(isinstance(v, Deferred) for p in batch for v in p.feeds.values()):
+        if not any(isinstance(v, Deferred) for p in batch for v in p.feeds.values()):
             return {k: np.concatenate([p.feeds[k] for p in batch], axis=ax)
                     for k, ax in axes.items()}, batch
         # Filled into the batch's own arrays, request after request: deferred feeds decode
