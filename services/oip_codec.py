@@ -343,6 +343,14 @@ def _binary(datatype: str, array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
+def _entry(name: str, datatype: str, array: np.ndarray, raw: bytes | None = None) -> dict[str, Any]:
+    """An output's entry in the answer's JSON header (``raw``: its binary data, if sent so)."""
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if raw is not None:
+        entry["parameters"] = {"binary_data_size": len(raw)}
+    return entry
+
+
 def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
                     ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
@@ -355,10 +363,9 @@ def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray,
             key += (name, datatype, array.shape, len(raw))
             raws.append(raw)
         head = _heads.get(tuple(key))
-        if head is None:
+        if head is None:  # (the datatypes looked up again: only when a head is first built)
             head = orjson.dumps({**header, "outputs": [
-                {"name": name, "datatype": datatype_of(array), "shape": list(array.shape),
-                 "parameters": {"binary_data_size": len(raw)}}
+                _entry(name, datatype_of(array), array, raw)
                 for (name, array, _), raw in zip(outputs, raws, strict=True)]})
             if len(_heads) >= _HEADS_MAX:
                 _heads.clear()
@@ -368,10 +375,9 @@ def encode_response(header: dict[str, Any], outputs: list[tuple[str, np.ndarray,
     entries = []
     for name, array, binary in outputs:
         datatype = datatype_of(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            raw = _binary(datatype, array)
-            entry["parameters"] = {"binary_data_size": len(raw)}
+        raw = _binary(datatype, array) if binary else None
+        entry = _entry(name, datatype, array, raw)
+        if raw is not None:
             chunks.append(raw)
         elif datatype == "BYTES":
             entry["data"] = [b.decode("utf-8", "replace") for b in array.ravel()]
