@@ -1,18 +1,19 @@
-"""Experiment for issue 15: how much Python one ``/v1`` JSON request runs in a serving worker,
-counted, not timed.
+"""Experiment for issue 15: how much Python one ``/v1`` JSON or OIP binary request runs in a
+serving worker, counted, not timed.
 
 This machine's speed moves by a third from second to second (results/bench/NOTES.md), so a few
 per cent of event-loop time per request cannot be timed reliably; the bytecodes the interpreter
 executes per request can be counted exactly (``sys.settrace`` opcode events). The request goes
 through what a worker runs — Podium's ``GuardedProtocol`` (uvicorn's httptools protocol, its
 cycle and Podium's coalesced answer), the ``Edge``, the hot app, the data plane, the batcher and
-the image kind — fed from memory: ``--connections`` connections each send one request of the
-benchmark's body (a real MNIST test digit as a JSON tensor), all answered, round after round, so
-batches form as under load. The model is a stand-in returning zeros (``--real`` runs the stored
-mnist-cnn: the count is the same, the model's time is C). Prints bytecodes and Python calls per
-request, by function::
+the image kind — fed from memory: ``--connections`` connections each send the benchmark's own
+request (``--form``: a real MNIST test digit as a JSON tensor or as OIP binary), all answered,
+round after round, so batches form as under load. The model is a stand-in returning zeros
+(``--real`` runs the stored mnist-cnn: the count is the same, the model's time is C). Prints
+bytecodes and Python calls per request, by function::
 
-    BENTOML_HOME=... .venv/bin/python -m benchmarks.experiments.request_bytecodes [--real] [--top 40]
+    BENTOML_HOME=... .venv/bin/python -m benchmarks.experiments.request_bytecodes \
+        [--form json|oip] [--real] [--top 40]
 
 Needs a store with mnist-cnn (``podium train``) and a Redis-free default configuration. Compare
 two commits by running it in each checkout: the figure depends only on the code (and on how the
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import collections
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,28 +37,19 @@ ROOT = str(Path(__file__).resolve().parents[2]) + "/"
 
 
 def _request(form: str) -> bytes:
-    """The benchmark's request (``bench_serve.make_bodies``) of one real MNIST test digit: a
-    ``/v1`` JSON tensor, or an OIP binary ``/v2`` infer asking for binary outputs."""
-    import orjson
+    """The benchmark's own request of its form (``bench_serve.make_bodies``: one real MNIST test
+    digit as a ``/v1`` JSON tensor, or an OIP binary ``/v2`` infer asking for binary outputs), as
+    the raw HTTP/1.1 bytes ``hey`` sends."""
+    from benchmarks.bench_serve import make_bodies, path_for
 
-    from training.data import load_mnist
-
-    one = load_mnist().test_x[0]
-    if form == "json":
-        floats = np.round(one.astype(np.float64) / 255.0, 4).reshape(1, 784)
-        path, body = b"/v1/models/mnist-cnn/predict", orjson.dumps({"instances": floats.tolist()})
-        extra = b"Content-Type: application/json\r\n"
-    else:
-        raw = (one.astype(np.float32) / 255.0).reshape(1, 1, 28, 28).tobytes()
-        header = orjson.dumps({"inputs": [{"name": "image", "shape": [1, 1, 28, 28],
-                                           "datatype": "FP32",
-                                           "parameters": {"binary_data_size": len(raw)}}],
-                               "parameters": {"binary_data_output": True}})
-        path, body = b"/v2/models/mnist-cnn/infer", header + raw
-        extra = (b"Content-Type: application/octet-stream\r\n"
-                 b"Inference-Header-Content-Length: %d\r\n" % len(header))
-    return (b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: hey/0.0.1\r\n"
-            b"Content-Length: %d\r\n" % len(body) + extra + b"Accept-Encoding: gzip\r\n\r\n" + body)
+    with tempfile.TemporaryDirectory() as folder:
+        body = make_bodies(Path(folder))[0][form]
+        raw = body.path.read_bytes()
+    headers = [f"Content-Type: {body.content_type}", *body.headers]
+    return (b"POST " + path_for("mnist-cnn", form).encode() + b" HTTP/1.1\r\n"
+            b"Host: 127.0.0.1:3000\r\nUser-Agent: hey/0.0.1\r\nContent-Length: %d\r\n" % len(raw)
+            + "".join(f"{h}\r\n" for h in headers).encode("latin-1")
+            + b"Accept-Encoding: gzip\r\n\r\n" + raw)
 
 
 class _Transport(asyncio.Transport):
