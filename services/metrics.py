@@ -8,8 +8,8 @@ deferring worker adds each observation to plain per-series sums and bucket count
 (``Kept``; a request's latency, the one observation every request makes, is one ``append`` to a
 list bucketed when written) and writes them out (``flush``) whenever it has no request in flight
 and at least every ``metrics_flush_ms`` under load (``services.worker``): ``/metrics`` shows
-exactly the same series and values, at most that much later. Not deferring (in-process apps, tests), every
-observation is written at once.
+exactly the same series and values, at most that much later. Not deferring (in-process apps,
+tests), every observation is written at once.
 
 Names follow Triton's and BentoML's habits: request counts by status, latency, and the batch
 sizes actually formed (average batch = inference items ÷ executions). Label values come only from
