@@ -262,7 +262,8 @@ class ServeConfig(BaseSettings):
 
     def worker_count(self) -> int:
         """Worker processes. Auto: one per usable core (mnist-cnn JSON c=64 on 2 cores, client
-        on the same cores: 2 workers 1.55-1.72x one; README "Workers and threads"), since a
+        on the same cores: 2 workers 1.55-1.72x one before the lean data path, 1.01-1.07x one
+        after it, 2026-12-02; README "Workers and threads"), since a
         saturated worker's event loop (HTTP, JSON, the handler) needs a core of its own; capped at
         ``AUTO_WORKERS_MAX`` (each worker loads every model: memory and start-up grow with the
         count, and its batches get smaller); one on a GPU, which one process's batcher feeds
