@@ -218,6 +218,8 @@ def _add_import_parser(sub: Any) -> None:
     i.add_argument("--std", type=_floats, metavar="S,...", help="image kinds: per-channel std")
     i.add_argument("--parity-tolerance", type=_positive_float,
                    help="TorchScript: largest |Δ| allowed between ONNX and TorchScript (default: 1e-4)")
+    i.add_argument("--keep-layout", action="store_true",
+                   help="store the ONNX graph as given: no convolution channel padding")
     _add_store(i)
 
 
@@ -234,7 +236,7 @@ def _import(args: argparse.Namespace) -> int:
             labels_file=Path(args.labels) if args.labels else None,
             batch_axes=dict(args.batch_axis), examples=tuple(Path(p) for p in args.example_input),
             description=args.description, mean=args.mean, std=args.std,
-            parity_tolerance=args.parity_tolerance)
+            parity_tolerance=args.parity_tolerance, pad_channels=not args.keep_layout)
         tag = import_model(request)
     except (StoreError, ImportRefused, OSError) as exc:
         print(f"podium import: {exc}", file=sys.stderr)

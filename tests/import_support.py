@@ -1,5 +1,6 @@
 """Models a user would bring, built by the tests themselves (no downloads, no pretrained
-weights): a tiny CNN on [N,3,32,32] exported as ONNX and as TorchScript, hand-made ONNX graphs
+weights): a tiny CNN on [N,3,32,32] and one of mnist-cnn's shape on [N,1,28,28], each exported as
+ONNX and as TorchScript, hand-made ONNX graphs
 (``onnx.helper``) for every rule of ``podium import``, garbage bytes, example inputs and labels."""
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ def build_user_models(d: Path) -> dict[str, Path]:
                           opset_version=18, dynamo=False)
         torch.jit.script(cnn).save(str(d / "cnn.pt"))
         torch.jit.script(Noisy()).save(str(d / "noisy.pt"))
+    # mnist-cnn's shape: the second convolution reads 10 channels, which an import pads to 16.
+    lenet = nn.Sequential(nn.Conv2d(1, 10, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(10, 20, 5),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(320, 10)).eval()
+    digits = torch.randn(2, 1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lenet, (digits,), str(d / "lenet.onnx"), input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+                          opset_version=18, dynamo=False)
+        torch.jit.script(lenet).save(str(d / "lenet.pt"))
+    np.save(d / "lenet-x.npy", digits.numpy())
     np.save(d / "cnn-x.npy", example.numpy())
     np.save(d / "noisy-x.npy", np.zeros((2, 4), np.float32))
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64

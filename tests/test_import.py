@@ -16,13 +16,15 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
+from onnx import numpy_helper
 from torch import nn
 
 from models.artifacts import sha256_file
 from tests.conftest import run_podium
 from tests.import_support import build_user_models
-from training import export
+from training import export, onnx_layout
 from training.importer import ImportRefused, ImportRequest, prepare
+from training.onnx_layout import note
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +204,69 @@ def test_rules(tmp_path: Path, files: dict[str, Path], model: str, fields: dict,
     with pytest.raises(ImportRefused) as refused:
         _prepare(tmp_path, path, **{k: resolve(v) for k, v in fields.items()})
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+# --- convolution channel padding (training.onnx_layout), as Podium's own exports get it ------
+
+
+def _conv_widths(path: Path) -> list[int]:
+    """Output channels of each convolution of the ONNX file at ``path``, in graph order."""
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: t for t in graph.initializer}
+    return [weights[node.input[1]].dims[0] for node in graph.node if node.op_type == "Conv"]
+
+
+def _answer(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_an_imported_graph_is_padded_as_an_export_is_and_answers_the_same(
+        store: Path, files: dict[str, Path]) -> None:
+    proc = _import(store, files["lenet.onnx"], "lenet")
+    (version,) = _versions(store, "lenet")
+    stored, layout = version["dir"] / "model.onnx", version["metadata"]["layout"]
+    assert _conv_widths(files["lenet.onnx"]) == [10, 20] and _conv_widths(stored) == [16, 20]
+    assert [(c["channels"], c["padded"]) for c in layout["padded"]] == [(10, 16)]
+    assert 0 <= layout["max_abs_diff"] <= export.MAX_ABS_DIFF
+    assert proc.stderr.splitlines() == [note("lenet", layout["padded"][0])]
+    assert version["metadata"]["sha256"] == {"model.onnx": sha256_file(stored)}
+    x = np.random.default_rng(3).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(_answer(stored, x), _answer(files["lenet.onnx"], x), atol=1e-4)
+    # --keep-layout: the graph as given, and the record says so.
+    _import(store, files["lenet.onnx"], "lenet", "--keep-layout")
+    kept = _versions(store, "lenet")[1]
+    assert _conv_widths(kept["dir"] / "model.onnx") == [10, 20]
+    assert kept["metadata"]["layout"] == {"padded": [], "kept_as_given": "--keep-layout"}
+
+
+def test_a_torchscript_import_is_padded_and_proven_against_the_module(
+        tmp_path: Path, files: dict[str, Path]) -> None:
+    stored, meta = prepare(ImportRequest(path=files["lenet.pt"], name="lenet-ts",
+                                         examples=(files["lenet-x.npy"],)), tmp_path)
+    assert _conv_widths(stored["onnx"]) == [16, 20]
+    assert [(c["channels"], c["padded"]) for c in meta["layout"]["padded"]] == [(10, 16)]
+    assert meta["parity"]["passed"] and meta["check"]["parity_max_abs"] <= export.MAX_ABS_DIFF
+
+
+def test_a_padding_that_changes_the_answers_is_not_kept(tmp_path: Path, files: dict[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard: were the padding pass wrong (here it also doubles the second convolution's
+    weights), the import keeps the graph as given and says why."""
+    real = onnx_layout.pad_conv_channels
+
+    def wrong(model: onnx.ModelProto, *args) -> list[dict]:
+        changes = real(model, *args)
+        second = next(t for t in model.graph.initializer if list(t.dims) == [20, 16, 5, 5])
+        second.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(second) * 2, second.name))
+        return changes
+
+    monkeypatch.setattr(onnx_layout, "pad_conv_channels", wrong)
+    stored, meta = prepare(ImportRequest(path=files["lenet.onnx"], name="lenet"), tmp_path)
+    assert meta["layout"]["padded"] == []
+    assert meta["layout"]["kept_as_given"].startswith("padded graph differs: max |Δ| ")
+    assert _conv_widths(stored["onnx"]) == [10, 20]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # the trial file is gone
 
 
 # --- torch.jit's deprecation warnings -------------------------------------------------------

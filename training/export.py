@@ -21,7 +21,7 @@ import numpy as np
 from models.artifacts import ONNX_FILE, TORCHSCRIPT_FILE
 from models.catalog import ModelSpec
 from models.labels import labels_of
-from training.onnx_layout import pad_file
+from training.onnx_layout import note, pad_file
 
 if TYPE_CHECKING:
     import torch
@@ -47,9 +47,7 @@ def export_onnx(spec: ModelSpec, module: nn.Module, example: tuple[torch.Tensor,
     inputs, outputs = _export_names(spec)
     write_onnx(module, example, path, inputs, outputs, dynamic_axes=spec.export_axes)
     for change in pad_file(path):
-        print(f"podium: {spec.name}: ONNX convolution {change['node']}: {change['channels']} → "
-              f"{change['padded']} output channels (zero-padded for ONNX Runtime's NCHWc kernels)",
-              file=sys.stderr, flush=True)
+        print(note(spec.name, change), file=sys.stderr, flush=True)
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ImportRequest:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     parity_tolerance: float | None = None  # None: the training pipeline's threshold
+    pad_channels: bool = True  # False (--keep-layout): the graph stored as given
 
 
 @dataclass
@@ -109,6 +111,7 @@ def prepare(request: ImportRequest, work: Path) -> tuple[dict[str, Path], dict[s
     preprocessing = _preprocessing(graph, kind, request.mean, request.std)
     files["onnx"].write_bytes(graph.model.SerializeToString())
     run = _run_checks(graph, files["onnx"], examples)
+    layout = _pad_layout(request, graph, files["onnx"], examples)
     if module is not None:
         parity = _prove_parity(request, module, graph, files["onnx"], examples, kind)
     source.update(opset=_opset(graph.model),
@@ -127,6 +130,7 @@ def prepare(request: ImportRequest, work: Path) -> tuple[dict[str, Path], dict[s
         "check": {"random_batch": CHECK_BATCH, "outputs_finite": True, "runs": run,
                   "parity_max_abs": parity["onnxruntime"]["max_abs_diff"] if parity else None},
         "parity": parity,
+        "layout": layout,
         "code_revision": code_revision(),
     }
     return files, metadata
@@ -203,6 +207,52 @@ def _prove_parity(request: ImportRequest, module: Any, graph: _Graph, onnx_path:
                                 tolerance=request.parity_tolerance or MAX_ABS_DIFF)
     except ParityError as exc:
         raise ImportRefused(str(exc)) from None
+
+
+def _pad_layout(request: ImportRequest, graph: _Graph, onnx_path: Path,
+                examples: list[np.ndarray]) -> dict[str, Any]:
+    """The convolution channel padding of Podium's own exports (``training.onnx_layout``) on the
+    graph at ``onnx_path`` (already checked as given), kept only when ONNX Runtime answers the
+    check's batches (random 1 and CHECK_BATCH, and the examples) the same with it as without:
+    every output within the training pipeline's max |Δ|, integer and boolean outputs exactly.
+    Otherwise the graph stays as given and the record says why. TorchScript imports then prove
+    the stored (padded) file against the module as well."""
+    import onnx
+
+    from training.export import MAX_ABS_DIFF, onnx_runner
+    from training.onnx_layout import note, pad_conv_channels
+
+    if not request.pad_channels:
+        return {"padded": [], "kept_as_given": "--keep-layout"}
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    changes = pad_conv_channels(model)
+    if not changes:
+        return {"padded": []}
+    trial = onnx_path.with_name("padded-" + onnx_path.name)
+    names = [t.name for t in graph.inputs]
+    worst = 0.0
+    try:
+        onnx.checker.check_model(model)
+        trial.write_bytes(model.SerializeToString())
+        given, padded = onnx_runner(onnx_path, names), onnx_runner(trial, names)
+        feeds = [_random_feed(graph, 1, examples), _random_feed(graph, CHECK_BATCH, examples)]
+        for feed in feeds + ([tuple(examples)] if examples else []):
+            for want, got in zip(given(feed), padded(feed), strict=True):
+                if want.dtype.kind not in "fc":
+                    worst = worst if np.array_equal(want, got) else float("inf")
+                elif want.size:
+                    worst = max(worst, float(np.max(np.abs(want.astype(np.float64) - got))))
+    except Exception as exc:  # the checker's or ONNX Runtime's own error types
+        trial.unlink(missing_ok=True)
+        return {"padded": [], "kept_as_given": f"padding failed: {_one_line(exc)}"}
+    if not worst <= MAX_ABS_DIFF:
+        trial.unlink()
+        return {"padded": [], "kept_as_given": f"padded graph differs: max |Δ| {worst:.3g}"}
+    trial.replace(onnx_path)
+    for change in changes:
+        print(note(request.name, change), file=sys.stderr, flush=True)
+    return {"padded": changes, "max_abs_diff": worst}
 
 
 # --- ONNX: signature, batch axes, kind ----------------------------------------------------

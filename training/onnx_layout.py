@@ -134,6 +134,12 @@ def _replace(initializer: Any, array: np.ndarray) -> None:
     initializer.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), initializer.name))
 
 
+def note(model: str, change: dict[str, Any]) -> str:
+    """The line an export or import prints for one padded convolution."""
+    return (f"podium: {model}: ONNX convolution {change['node']}: {change['channels']} → "
+            f"{change['padded']} output channels (zero-padded for ONNX Runtime's NCHWc kernels)")
+
+
 def pad_file(path: Path, multiple: int = CHANNEL_MULTIPLE) -> list[dict[str, Any]]:
     """``pad_conv_channels`` on the ONNX file at ``path``, rewritten (checked) only if anything
     was padded."""
