@@ -1,9 +1,10 @@
 """Imported models served end to end: `podium import` (the real CLI) fills a real store with the
 tests' own models — a tiny CNN imported from ONNX and, as its second version, from TorchScript;
 a graph with two inputs and two outputs of different dtypes; a fixed-batch graph made batchable
-with --batch-axis — and a real `bentoml serve` answers for them over /v1 (JSON tensors, .npy,
-a photo upload) and /v2 (JSON and binary tensors through tritonclient), counts them in its metrics
-and rolls out between the two imported versions."""
+with --batch-axis; a CNN of mnist-cnn's shape whose convolution channels the import pads — and a
+real `bentoml serve` answers for them over /v1 (JSON tensors, .npy, a photo upload) and /v2 (JSON
+and binary tensors through tritonclient), counts them in its metrics and rolls out between the two
+imported versions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
@@ -36,8 +38,12 @@ def _import(home: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    files = {k: str(v) for k, v in build_user_models(tmp_path_factory.mktemp("user-models")).items()}
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {k: str(v) for k, v in build_user_models(tmp_path_factory.mktemp("user-models")).items()}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, files: dict[str, str]) -> tuple[Path, dict[str, str]]:
     home = tmp_path_factory.mktemp("import-home")
     image = ["--labels", files["five.txt"], "--mean", f"{MEAN},{MEAN},{MEAN}", "--std", f"{STD},{STD},{STD}"]
     versions = {
@@ -47,6 +53,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     }
     _import(home, files["two.onnx"], "--name", "pair")
     _import(home, files["fixed.onnx"], "--name", "fixed", "--batch-axis", "x=0", "--batch-axis", "y=0")
+    _import(home, files["lenet.onnx"], "--name", "lenet")  # its convolution channels padded 10 → 16
     return home, versions
 
 
@@ -139,6 +146,24 @@ def test_photo_upload_to_the_imported_classifier(client: httpx.Client,
     assert prediction["label"] == LABELS[int(scores.argmax())]
     probs = np.exp(scores[0] - scores[0].max())
     assert prediction["probability"] == pytest.approx(float(probs.max() / probs.sum()), abs=1e-5)
+
+
+def test_a_padded_import_answers_as_the_file_given(client: httpx.Client,
+                                                   store: tuple[Path, dict[str, str]],
+                                                   files: dict[str, str]) -> None:
+    home, _ = store
+    (stored,) = (home / "models" / "lenet").glob("*/model.onnx")
+    widths = [list(t.dims)[:2] for t in onnx.load(str(stored)).graph.initializer if len(t.dims) == 4]
+    assert widths == [[16, 1], [20, 16]]  # what the import stored: padded
+    x = np.random.default_rng(5).random((3, 1, 28, 28), dtype=np.float32)
+    r = client.post("/v2/models/lenet/infer", json={"inputs": [
+        {"name": "image", "datatype": "FP32", "shape": [3, 1, 28, 28], "data": x.ravel().tolist()}],
+        "outputs": [{"name": "logits"}]})
+    assert r.status_code == 200, r.text
+    session = ort.InferenceSession(files["lenet.onnx"], providers=["CPUExecutionProvider"])
+    (want,) = session.run(None, {"image": x})
+    got = np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(want.shape)
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_metrics_count_the_imported_models(client: httpx.Client, server: Server) -> None:
