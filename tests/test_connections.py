@@ -278,8 +278,16 @@ def test_connections_are_spread_over_the_workers(tiny_store: Path, tmp_path: Pat
         if not balanced:  # BentoML's one shared socket, listening in every process
             assert _listeners(port) == 1
             return
-        for _ in range(100):  # each worker opens its listener once uvicorn serves (≤ 10 ms)
-            if all(_tcp(w, port, psutil.CONN_LISTEN) for w in workers):
+        # Each worker opens its listener once uvicorn serves and takes the shared socket out of the
+        # port: until both have, a worker may show the shared socket, both, or for a moment none
+        # (seen: (1, 1) with one listener on the port, then (0, 1), then (1, 1) with two, within
+        # 75 ms). Wait for the end state, then check it.
+        def settled() -> bool:
+            return (all(len(_tcp(w, port, psutil.CONN_LISTEN)) == 1 for w in workers)
+                    and _listeners(port) == 2)
+
+        for _ in range(100):
+            if settled():
                 break
             asyncio.run(asyncio.sleep(0.05))
         assert all(len(_tcp(w, port, psutil.CONN_LISTEN)) == 1 for w in workers)
