@@ -36,32 +36,32 @@ class Noisy(nn.Module):
         return x + torch.rand_like(x)
 
 
+def _export(module: nn.Module, example: torch.Tensor, d: Path, stem: str, input_name: str) -> None:
+    """What a user does: the TorchScript-based exporter with a dynamic batch (``stem``.onnx) and
+    torch.jit.script (``stem``.pt); the example input beside them (``stem``-x.npy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(d / f"{stem}.onnx"), input_names=[input_name],
+                          output_names=["logits"],
+                          dynamic_axes={input_name: {0: "n"}, "logits": {0: "n"}},
+                          opset_version=18, dynamo=False)
+        torch.jit.script(module).save(str(d / f"{stem}.pt"))
+    np.save(d / f"{stem}-x.npy", example.numpy())
+
+
 def build_user_models(d: Path) -> dict[str, Path]:
     """Every model file, example input and labels file of the import tests, written into ``d``."""
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(4, 5)).eval()
-    example = torch.randn(2, 3, 32, 32)
-    # What a user does: the TorchScript-based exporter with a dynamic batch, and torch.jit.script.
+    _export(cnn, torch.randn(2, 3, 32, 32), d, "cnn", "pixels")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(cnn, (example,), str(d / "cnn.onnx"), input_names=["pixels"],
-                          output_names=["logits"], dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}},
-                          opset_version=18, dynamo=False)
-        torch.jit.script(cnn).save(str(d / "cnn.pt"))
         torch.jit.script(Noisy()).save(str(d / "noisy.pt"))
     # mnist-cnn's shape: the second convolution reads 10 channels, which an import pads to 16.
     lenet = nn.Sequential(nn.Conv2d(1, 10, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(10, 20, 5),
                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(320, 10)).eval()
-    digits = torch.randn(2, 1, 28, 28)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(lenet, (digits,), str(d / "lenet.onnx"), input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
-                          opset_version=18, dynamo=False)
-        torch.jit.script(lenet).save(str(d / "lenet.pt"))
-    np.save(d / "lenet-x.npy", digits.numpy())
-    np.save(d / "cnn-x.npy", example.numpy())
+    _export(lenet, torch.randn(2, 1, 28, 28), d, "lenet", "image")
     np.save(d / "noisy-x.npy", np.zeros((2, 4), np.float32))
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     _graph_file(d / "two.onnx", [helper.make_node("Add", ["a", "a"], ["total"]),
