@@ -217,24 +217,18 @@ def _pad_layout(request: ImportRequest, graph: _Graph, onnx_path: Path,
     every output within the training pipeline's max |Δ|, integer and boolean outputs exactly.
     Otherwise the graph stays as given and the record says why. TorchScript imports then prove
     the stored (padded) file against the module as well."""
-    import onnx
-
     from training.export import MAX_ABS_DIFF, onnx_runner
-    from training.onnx_layout import note, pad_conv_channels
+    from training.onnx_layout import note, pad_file
 
     if not request.pad_channels:
         return {"padded": [], "kept_as_given": "--keep-layout"}
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    changes = pad_conv_channels(model)
-    if not changes:
-        return {"padded": []}
-    trial = onnx_path.with_name("padded-" + onnx_path.name)
+    trial = Path(shutil.copy2(onnx_path, onnx_path.with_name("padded-" + onnx_path.name)))
     names = [t.name for t in graph.inputs]
     worst = 0.0
     try:
-        onnx.checker.check_model(model)
-        trial.write_bytes(model.SerializeToString())
+        changes = pad_file(trial)  # rewritten (and checked) only if anything was padded
+        if not changes:
+            return {"padded": []}
         given, padded = onnx_runner(onnx_path, names), onnx_runner(trial, names)
         feeds = [_random_feed(graph, 1, examples), _random_feed(graph, CHECK_BATCH, examples)]
         for feed in feeds + ([tuple(examples)] if examples else []):
@@ -243,13 +237,13 @@ def _pad_layout(request: ImportRequest, graph: _Graph, onnx_path: Path,
                     worst = worst if np.array_equal(want, got) else float("inf")
                 elif want.size:
                     worst = max(worst, float(np.max(np.abs(want.astype(np.float64) - got))))
+        if not worst <= MAX_ABS_DIFF:
+            return {"padded": [], "kept_as_given": f"padded graph differs: max |Δ| {worst:.3g}"}
+        trial.replace(onnx_path)
     except Exception as exc:  # the checker's or ONNX Runtime's own error types
-        trial.unlink(missing_ok=True)
         return {"padded": [], "kept_as_given": f"padding failed: {_one_line(exc)}"}
-    if not worst <= MAX_ABS_DIFF:
-        trial.unlink()
-        return {"padded": [], "kept_as_given": f"padded graph differs: max |Δ| {worst:.3g}"}
-    trial.replace(onnx_path)
+    finally:
+        trial.unlink(missing_ok=True)  # gone already when it replaced the graph
     for change in changes:
         print(note(request.name, change), file=sys.stderr, flush=True)
     return {"padded": changes, "max_abs_diff": worst}
